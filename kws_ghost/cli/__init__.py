@@ -1,0 +1,102 @@
+"""The ``kws-ghost`` command line: a thin Click layer that parses options and calls the package.
+
+Each command lives in its own module under ``kws_ghost.cli`` and imports torch (and other heavy
+libraries) inside the command, so ``kws-ghost --help`` stays fast. Errors: a ``KwsError`` becomes
+one line on stderr and exit status 1; anything unexpected is reported the same way (set
+``KWS_GHOST_DEBUG=1`` for the traceback).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from typing import Any, Optional
+
+import click
+
+from kws_ghost import __version__
+from kws_ghost.errors import KwsError
+
+# command name -> "module:function"; a command shows up once its module exists.
+COMMANDS = {
+    "download": "kws_ghost.cli.download:download",
+    "synth": "kws_ghost.cli.synth:synth",
+    "data-stats": "kws_ghost.cli.data_stats:data_stats",
+    "features": "kws_ghost.cli.features:features",
+    "train": "kws_ghost.cli.train:train",
+    "eval": "kws_ghost.cli.evaluate:evaluate",
+    "detect": "kws_ghost.cli.detect:detect",
+    "eval-stream": "kws_ghost.cli.eval_stream:eval_stream",
+    "make-stream": "kws_ghost.cli.eval_stream:make_stream",
+    "profile": "kws_ghost.cli.profile:profile",
+    "export": "kws_ghost.cli.export:export",
+    "analyze": "kws_ghost.cli.analyze:analyze",
+}
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+class KwsGroup(click.Group):
+    """Loads commands lazily and turns errors into one line on stderr."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(n for n, t in COMMANDS.items() if _module_exists(t.split(":")[0]))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+        target = COMMANDS.get(cmd_name)
+        if target is None or not _module_exists(target.split(":")[0]):
+            return None
+        module_name, attr = target.split(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KwsError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except BrokenPipeError:
+            # The reader went away (e.g. `| head`): stop quietly.
+            sys.stderr.close()
+            ctx.exit(0)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+            if os.environ.get("KWS_GHOST_DEBUG"):
+                raise
+            click.echo(
+                f"error: {type(exc).__name__}: {exc} (set KWS_GHOST_DEBUG=1 for a traceback)",
+                err=True,
+            )
+            ctx.exit(1)
+
+
+@click.group(cls=KwsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kws-ghost")
+def main() -> None:
+    """Keyword spotting with GhostRNN: data, training, evaluation, detection and export.
+
+    \b
+    Typical session:
+      kws-ghost download                      # Google Speech Commands v0.02 into data/
+      kws-ghost train --data data/speech_commands_v0.02
+      kws-ghost eval runs/latest/best.pt --data data/speech_commands_v0.02
+      kws-ghost detect recording.wav          # uses runs/latest/best.pt
+    """
+
+
+def echo_json(obj: Any) -> None:
+    """Print one JSON object on one line (machine-readable output for ``--json``)."""
+    import json
+
+    click.echo(json.dumps(obj))

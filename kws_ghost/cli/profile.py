@@ -1,0 +1,89 @@
+"""``kws-ghost profile``: parameters, MACs, state and size of a model config or checkpoint."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import click
+
+from kws_ghost.cli.options import json_option, model_config_from, model_options
+
+
+@click.command()
+@click.argument("checkpoint", required=False, type=click.Path(dir_okay=False))
+@model_options
+@click.option(
+    "--input-dim", type=click.IntRange(1), default=40, show_default=True, help="Features per frame."
+)
+@click.option(
+    "--classes", type=click.IntRange(1), default=12, show_default=True, help="Output classes."
+)
+@click.option(
+    "--compare",
+    is_flag=True,
+    help="Add the plain GRU/LSTM of the same width and of about the same parameters.",
+)
+@json_option
+def profile(
+    checkpoint: Optional[str],
+    input_dim: int,
+    classes: int,
+    compare: bool,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Cost of a model: parameters, MACs per frame and per second, state bytes, size.
+
+    Give a CHECKPOINT, or describe a model with the options (defaults: the default GhostGRU).
+    """
+    from kws_ghost import profile as profiling
+
+    if checkpoint:
+        from kws_ghost.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(checkpoint)
+        config, frontend = loaded.model_config, loaded.frontend_config
+    else:
+        config = model_config_from(options, input_dim=input_dim, num_classes=classes)
+        frontend = None
+    result = (
+        profiling.compare(config, frontend)
+        if compare
+        else profiling.profile_config(config, frontend)
+    )
+    if as_json:
+        from kws_ghost.cli import echo_json
+
+        echo_json(result)
+        return
+    rows = [result] + result.get("baselines", [])
+    click.echo(format_table(rows))
+    if compare:
+        ratios = result["vs_same_width"]
+        click.echo(
+            "vs same-width baseline: " + ", ".join(f"{k} {v:.1%}" for k, v in ratios.items())
+        )
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    columns = [
+        ("model", "name", "{}"),
+        ("params", "params", "{:,}"),
+        ("MACs/frame", "macs_per_frame", "{:,}"),
+        ("MACs/s", "macs_per_second", "{:,}"),
+        ("state B", "state_bytes", "{:,}"),
+        ("fp32 KB", "size_fp32_bytes", "{:.1f}"),
+        ("int8 KB", "size_int8_bytes", "{:.1f}"),
+    ]
+    cells = [[title for title, _, _ in columns]]
+    for row in rows:
+        line = []
+        for _, key, fmt in columns:
+            value = row[key] / 1024 if key.startswith("size") else row[key]
+            line.append(fmt.format(value))
+        cells.append(line)
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    return "\n".join(
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in cells
+    )

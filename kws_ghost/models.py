@@ -1,0 +1,83 @@
+"""The keyword classifier and its factory.
+
+``KeywordModel(features, state) -> (logits, state)`` serves training, evaluation, streaming and
+export alike. Feature normalisation (per-coefficient mean and std of the training split) lives in
+the model as buffers, so a checkpoint or an exported graph takes raw front-end features.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from kws_ghost.config import ModelConfig
+from kws_ghost.layers import GhostRNN
+
+
+class KeywordModel(nn.Module):
+    """Normalise -> recurrent stack -> pool over time -> dropout -> linear head."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.register_buffer("feature_mean", torch.zeros(config.input_dim))
+        self.register_buffer("feature_std", torch.ones(config.input_dim))
+        self.rnn = GhostRNN(
+            cell=config.cell,
+            input_size=config.input_dim,
+            hidden_size=config.hidden,
+            num_layers=config.layers,
+            ratio=config.effective_ratio,
+            cheap_op=config.cheap_op,
+            activation=config.cheap_activation,
+            dropout=config.dropout,
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden, config.num_classes)
+
+    def set_normalization(self, mean: Tensor, std: Tensor) -> None:
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std.clamp_min(1e-5))
+
+    def normalize(self, features: Tensor) -> Tensor:
+        return (features - self.feature_mean) / self.feature_std
+
+    def forward(self, features: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """features [B, T, F] (raw front-end output) -> (logits [B, classes], final state)."""
+        y, state = self.rnn(self.normalize(features), state)
+        pooled = y.mean(dim=1) if self.config.pooling == "mean" else y[:, -1]
+        return self.head(self.dropout(pooled)), state
+
+    def frame_logits(
+        self, features: Tensor, state: Optional[Tensor] = None
+    ) -> tuple[Tensor, Tensor]:
+        """Per-frame logits [B, T, classes]. The head is linear, so the clip logits are the mean of
+        these over the window (``pooling='mean'``) or the last one (``pooling='last'``)."""
+        y, state = self.rnn(self.normalize(features), state)
+        return self.head(y), state
+
+    def step(self, frame: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """One feature frame [B, F] -> (frame logits [B, classes], new state)."""
+        y, state = self.rnn.step(self.normalize(frame), state)
+        return self.head(y), state
+
+    def initial_state(self, batch: int = 1) -> Tensor:
+        return self.rnn.initial_state(batch)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def macs_per_frame(self) -> int:
+        """Recurrent stack only: the head runs once per decision, not per frame."""
+        return self.rnn.macs_per_frame()
+
+    def head_macs(self) -> int:
+        return self.head.in_features * self.head.out_features
+
+
+def build_model(config: ModelConfig) -> KeywordModel:
+    """The one model factory: ``ghost-gru``, ``gru``, ``ghost-lstm`` or ``lstm``, by arch."""
+    return KeywordModel(config)
