@@ -135,6 +135,7 @@ class _GhostGRUScan(torch.autograd.Function):
     """
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # the scan runs in fp32
     def forward(  # type: ignore[override]
         ctx: Any,
         gi: Tensor,
@@ -171,6 +172,7 @@ class _GhostGRUScan(torch.autograd.Function):
         return y
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx: Any, dy: Tensor):  # type: ignore[override]
         y, y0, gates, w_hh, ghost_w = ctx.saved_tensors
         steps, batch, width = y.shape
@@ -231,6 +233,7 @@ class _GhostLSTMScan(torch.autograd.Function):
     """
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(  # type: ignore[override]
         ctx: Any,
         gi: Tensor,
@@ -269,6 +272,7 @@ class _GhostLSTMScan(torch.autograd.Function):
         return y, cells[-1].clone()
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx: Any, dy: Tensor, dc_last: Tensor):  # type: ignore[override]
         y, y0, c0, gates, cells, w_hh, ghost_w = ctx.saved_tensors
         steps, batch, width = y.shape
