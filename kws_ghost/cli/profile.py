@@ -23,12 +23,19 @@ from kws_ghost.cli.options import json_option, model_config_from, model_options
     is_flag=True,
     help="Add the plain GRU/LSTM of the same width and of about the same parameters.",
 )
+@click.option(
+    "--fold",
+    is_flag=True,
+    help="Profile the folded equivalent: linear ghost operations absorbed into the weights, a "
+    "plain GRU/LSTM of width m (needs --cheap-activation none), beside the unfolded model.",
+)
 @json_option
 def profile(
     checkpoint: Optional[str],
     input_dim: int,
     classes: int,
     compare: bool,
+    fold: bool,
     as_json: bool,
     **options: Any,
 ) -> None:
@@ -46,23 +53,49 @@ def profile(
     else:
         config = model_config_from(options, input_dim=input_dim, num_classes=classes)
         frontend = None
-    result = (
-        profiling.compare(config, frontend)
-        if compare
-        else profiling.profile_config(config, frontend)
-    )
+    if fold:
+        result = folded_profile(config, frontend, compare)
+    elif compare:
+        result = profiling.compare(config, frontend)
+    else:
+        result = profiling.profile_config(config, frontend)
     if as_json:
         from kws_ghost.cli import echo_json
 
         echo_json(result)
         return
-    rows = [result] + result.get("baselines", [])
+    rows = ([result["unfolded"]] if fold else []) + [result] + result.get("baselines", [])
     click.echo(format_table(rows))
+    if fold:
+        click.echo(
+            "folded vs unfolded: "
+            + ", ".join(f"{k} {v:.1%}" for k, v in result["vs_unfolded"].items())
+        )
     if compare:
         ratios = result["vs_same_width"]
         click.echo(
             "vs same-width baseline: " + ", ".join(f"{k} {v:.1%}" for k, v in ratios.items())
         )
+
+
+def folded_profile(config: Any, frontend: Any, compare: bool) -> dict[str, Any]:
+    """Profile of the folded equivalent of ``config``, with the unfolded one under "unfolded",
+    ratios under "vs_unfolded" and, with ``compare``, the unfolded config's plain baselines."""
+    from kws_ghost import profile as profiling
+    from kws_ghost.export import folded_config
+
+    folded = folded_config(config)  # KwsError when the cheap operation has an activation
+    name = f"{profiling.describe(folded)} (folded {profiling.describe(config)})"
+    result = profiling.profile_config(folded, frontend, name)
+    unfolded = profiling.profile_config(config, frontend)
+    keys = ("params", "macs_per_frame", "state_bytes")
+    result["unfolded"] = unfolded
+    result["vs_unfolded"] = {key: result[key] / unfolded[key] for key in keys}
+    if compare:
+        result["baselines"] = profiling.compare(config, frontend)["baselines"]
+        reference = result["baselines"][0]
+        result["vs_same_width"] = {key: result[key] / reference[key] for key in keys}
+    return result
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
