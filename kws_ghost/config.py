@@ -141,3 +141,21 @@ class ModelConfig:
     @property
     def intrinsic(self) -> int:
         return math.ceil(self.hidden / self.effective_ratio)
+
+
+@dataclasses.dataclass
+class DetectorConfig:
+    """Decision settings. Times in seconds; ``hop_ms`` is rounded to whole feature frames."""
+
+    hop_ms: float = 50.0
+    threshold: float = 0.6
+    smoothing: int = 3  # hops averaged (3 x 50 ms)
+    patience: int = 2  # consecutive hops above threshold before a run counts
+    refractory: float = 0.5  # seconds after an event's end before any keyword can fire again
+    keywords: Optional[list[str]] = None  # None: every keyword label of the model
+
+    def validate(self) -> None:
+        if not 0 < self.threshold <= 1:
+            raise KwsError(f"threshold must be in (0, 1], not {self.threshold}")
+        if self.hop_ms <= 0 or self.smoothing < 1 or self.patience < 1 or self.refractory < 0:
+            raise KwsError("hop must be positive, smoothing and patience at least 1")

@@ -294,10 +294,13 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def run(self) -> list[dict[str, Any]]:
+    def run(self, stop_after: Optional[int] = None) -> list[dict[str, Any]]:
+        """Train to ``config.epochs`` (or stop early after epoch ``stop_after``, leaving a run that
+        ``--resume`` continues as if it had been interrupted there)."""
         if self.dist.is_main:
             self._write_run_files()
-        for epoch in range(self.start_epoch, self.config.epochs):
+        last_epoch = min(self.config.epochs, stop_after or self.config.epochs)
+        for epoch in range(self.start_epoch, last_epoch):
             record = self._train_epoch(epoch)
             if self.val_items:
                 record.update(self._validate(epoch))

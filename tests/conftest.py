@@ -1,0 +1,84 @@
+"""Shared fixtures: a synthetic corpus and a model trained on it, built once per test session."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+KEYWORDS = ["yes", "no", "up", "down"]
+OTHER_WORDS = ["cat", "house"]
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory) -> Path:
+    """4 keywords + 2 other words, 30 synthetic speakers (24 train / 3 validation / 3 test)."""
+    from kws_ghost.synth import synthesize_corpus
+
+    out = tmp_path_factory.mktemp("corpus") / "synth"
+    synthesize_corpus(
+        KEYWORDS + OTHER_WORDS, out, voices=30, clips_per_voice=3, seed=0, progress=False
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(synth_corpus, tmp_path_factory) -> dict:
+    """A small GhostGRU trained on the synthetic corpus (the 'trains in under 2 minutes' run)."""
+    from kws_ghost.config import FrontendConfig, ModelConfig
+    from kws_ghost.train import TrainConfig, Trainer
+
+    run_dir = tmp_path_factory.mktemp("runs") / "ghost"
+    config = TrainConfig(
+        data=str(synth_corpus),
+        task="custom",
+        keywords=KEYWORDS,
+        epochs=30,
+        batch_size=32,
+        lr=3e-3,
+        seed=0,
+        workers=0,
+    )
+    model = ModelConfig(arch="ghost-gru", hidden=64, layers=1, ratio=2, dropout=0.1)
+    started = time.perf_counter()
+    history = Trainer(config, model, FrontendConfig(), run_dir=run_dir, progress=False).run()
+    return {
+        "dir": run_dir,
+        "best": run_dir / "best.pt",
+        "history": history,
+        "seconds": time.perf_counter() - started,
+        "corpus": synth_corpus,
+    }
+
+
+def write_clip(path: Path, audio: np.ndarray, rate: int = 16000) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, audio, rate, subtype="PCM_16")
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path) -> Path:
+    """A hand-made corpus of tones: 3 words x 6 speakers x 2 clips, split lists, one noise file."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "tiny"
+    words = {"yes": 300.0, "no": 600.0, "maybe": 900.0}
+    validation, testing = [], []
+    for w, freq in words.items():
+        for s in range(6):
+            for n in range(2):
+                rel = f"{w}/spk{s:05d}_nohash_{n}.wav"
+                length = 16000 if n == 0 else 12000  # some clips shorter than 1 s
+                t = np.arange(length) / 16000
+                audio = 0.3 * np.sin(2 * np.pi * freq * (1 + 0.05 * s) * t)
+                write_clip(root / rel, audio + 0.01 * rng.standard_normal(length))
+                if s == 4:
+                    validation.append(rel)
+                elif s == 5:
+                    testing.append(rel)
+    (root / "validation_list.txt").write_text("\n".join(validation) + "\n")
+    (root / "testing_list.txt").write_text("\n".join(testing) + "\n")
+    write_clip(root / "_background_noise_" / "white.wav", 0.2 * rng.standard_normal(16000 * 5))
+    return root

@@ -1,0 +1,167 @@
+"""Corpus scanning, tasks, splits and augmentation."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from kws_ghost.cli import main
+from kws_ghost.data import (
+    SILENCE,
+    UNKNOWN,
+    AugmentConfig,
+    ClipDataset,
+    EpochSampler,
+    build_items,
+    count_labels,
+    hash_split,
+    resolve_labels,
+    scan_corpus,
+    speaker_of,
+    spec_augment,
+    time_shift,
+)
+from kws_ghost.errors import KwsError
+
+
+def test_scan_reads_layout_and_lists(tiny_corpus):
+    corpus = scan_corpus(tiny_corpus)
+    assert sorted(corpus.words) == ["maybe", "no", "yes"]
+    assert len(corpus.noise_files) == 1
+    assert corpus.split_of["yes/spk00004_nohash_0.wav"] == "validation"
+    assert corpus.split_of["no/spk00005_nohash_1.wav"] == "testing"
+    assert corpus.split_of["no/spk00000_nohash_1.wav"] == "training"
+
+
+@pytest.mark.parametrize("make", ["missing", "file", "empty"])
+def test_scan_rejects_what_is_not_a_corpus(tmp_path, make):
+    target = tmp_path / "x"
+    if make == "file":
+        target.write_text("hello")
+    elif make == "empty":
+        target.mkdir()
+    with pytest.raises(KwsError, match=str(target)):
+        scan_corpus(target)
+
+
+def test_without_lists_splits_by_speaker_hash(tiny_corpus):
+    (tiny_corpus / "validation_list.txt").unlink()
+    (tiny_corpus / "testing_list.txt").unlink()
+    notes = []
+    corpus = scan_corpus(tiny_corpus, warn=notes.append)
+    assert notes and "speaker hash" in notes[0]
+    for path, split in corpus.split_of.items():
+        assert split == hash_split(path)
+    # all clips of one speaker land in one split
+    by_speaker = {}
+    for path, split in corpus.split_of.items():
+        by_speaker.setdefault(speaker_of(path), set()).add(split)
+    assert all(len(s) == 1 for s in by_speaker.values())
+
+
+def test_gsc12_labels_drop_missing_classes_with_a_note(tiny_corpus):
+    corpus = scan_corpus(tiny_corpus)
+    notes = []
+    labels = resolve_labels(corpus, "gsc12", warn=notes.append)
+    assert labels == [SILENCE, UNKNOWN, "yes", "no"]  # maybe -> unknown; 8 keywords missing
+    assert any("no clips for up" in n for n in notes)
+
+
+def test_custom_task_without_other_words_or_noise(tiny_corpus):
+    shutil.rmtree(tiny_corpus / "_background_noise_")
+    corpus = scan_corpus(tiny_corpus)
+    notes = []
+    labels = resolve_labels(corpus, "custom", ["yes", "no", "maybe"], warn=notes.append)
+    assert labels == ["yes", "no", "maybe"]
+    assert any("no _silence_" in n for n in notes) and any("no _unknown_" in n for n in notes)
+    with pytest.raises(KwsError, match="none of the keywords"):
+        resolve_labels(corpus, "custom", ["zebra"])
+
+
+def test_gsc35_uses_every_word(tiny_corpus):
+    assert resolve_labels(scan_corpus(tiny_corpus), "gsc35") == ["maybe", "no", "yes"]
+
+
+def test_items_fractions_and_determinism(tiny_corpus):
+    corpus = scan_corpus(tiny_corpus)
+    labels = resolve_labels(corpus, "custom", ["yes", "no"])
+    items = build_items(corpus, labels, "training", seed=3, fraction=0.1)
+    counts = count_labels(items, labels)
+    assert counts["yes"] == counts["no"] == 8
+    # each extra class is about 10% of the split: ceil(16 * 0.1 / 0.8) = 2
+    assert counts[SILENCE] == 2 and counts[UNKNOWN] == 2
+    again = build_items(corpus, labels, "training", seed=3, fraction=0.1)
+    assert [(i.label, i.path) for i in items] == [(i.label, i.path) for i in again]
+    test_items = build_items(corpus, labels, "test")
+    assert all(i.path is None or "spk00005" in i.path for i in test_items)
+
+
+def test_dataset_pads_and_augments_deterministically(tiny_corpus):
+    corpus = scan_corpus(tiny_corpus)
+    labels = resolve_labels(corpus, "custom", ["yes", "no"])
+    items = build_items(corpus, labels, "training")
+    short = next(i for i, item in enumerate(items) if item.path and item.path.endswith("_1.wav"))
+    plain = ClipDataset(corpus, items)
+    audio, label = plain[short]
+    assert audio.shape == (16000,) and audio.dtype == np.float32
+    assert np.all(audio[12000:] == 0)  # zero-padded to 1 s
+    augmented = ClipDataset(corpus, items, augment=AugmentConfig(), seed=1)
+    a1, _ = augmented[(1, short)]
+    a2, _ = augmented[(1, short)]
+    a3, _ = augmented[(2, short)]
+    assert np.array_equal(a1, a2) and not np.array_equal(a1, a3)
+    assert not np.array_equal(a1, audio)
+    silence = next(i for i, item in enumerate(items) if item.path is None)
+    s1, s_label = plain[silence]
+    assert labels[s_label] == SILENCE and np.abs(s1).max() > 0
+    assert np.array_equal(s1, plain[(5, silence)][0])  # evaluation silence is fixed per item
+
+
+def test_time_shift_keeps_length():
+    x = np.arange(10, dtype=np.float32)
+    assert time_shift(x, 3).tolist() == [0, 0, 0, 0, 1, 2, 3, 4, 5, 6]
+    assert time_shift(x, -2).tolist() == [2, 3, 4, 5, 6, 7, 8, 9, 0, 0]
+
+
+def test_sampler_shards_are_disjoint_and_even():
+    shards = [list(EpochSampler(10, seed=1, rank=r, world_size=3)) for r in range(3)]
+    assert {len(s) for s in shards} == {4}
+    seen = [i for s in shards for _, i in s]
+    assert set(seen) == set(range(10))
+    evaluation = [
+        list(EpochSampler(10, shuffle=False, rank=r, world_size=3, even=False)) for r in range(3)
+    ]
+    assert sorted(i for s in evaluation for _, i in s) == list(range(10))
+    a, b = EpochSampler(10, seed=1), EpochSampler(10, seed=1)
+    b.set_epoch(1)
+    assert list(a) != list(b)
+
+
+def test_spec_augment_masks_with_fill():
+    features = torch.randn(4, 50, 10)
+    fill = torch.full((10,), 7.0)
+    config = AugmentConfig(time_masks=2, time_mask_frames=8, freq_masks=2, freq_mask_bins=3)
+    out = spec_augment(features, config, fill, torch.Generator().manual_seed(0))
+    changed = out != features
+    assert changed.any() and torch.all(out[changed] == 7.0)
+    none = spec_augment(
+        features, AugmentConfig(time_masks=0, freq_masks=0), fill, torch.Generator()
+    )
+    assert torch.equal(none, features)
+
+
+def test_data_stats_cli(tiny_corpus):
+    result = CliRunner().invoke(
+        main, ["data-stats", str(tiny_corpus), "--keywords", "yes,no", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.output)
+    assert stats["labels"] == [SILENCE, UNKNOWN, "yes", "no"]
+    assert stats["splits"]["validation"]["yes"] == 2
+    text = CliRunner().invoke(main, ["data-stats", str(tiny_corpus)])
+    assert text.exit_code == 0 and "training" in text.output
+    missing = CliRunner().invoke(main, ["data-stats", str(tiny_corpus / "nope")])
+    assert missing.exit_code == 1 and "no such data folder" in missing.output
