@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kws_ghost.config import FrontendConfig  # noqa: E402
+from kws_ghost.features import librosa_features  # noqa: E402
 from kws_ghost.fileio import write_json  # noqa: E402
 
 
@@ -43,30 +44,8 @@ def threadpool_limits(threads: int) -> Any:
 
 
 def librosa_mfcc(clip: np.ndarray, config: FrontendConfig) -> np.ndarray:
-    """librosa.feature.mfcc with the front-end's settings, as a user would call it per clip.
-
-    ``mfcc(y=...)`` would apply power_to_db's defaults (amin 1e-10, top_db 80), so the log-mel is
-    passed in as ``S`` with the front-end's floor and no top_db clipping.
-    """
-    import librosa
-
-    mel = librosa.feature.melspectrogram(
-        y=clip,
-        sr=config.sample_rate,
-        n_fft=config.n_fft,
-        hop_length=config.hop_length,
-        win_length=config.win_length,
-        window="hann",
-        center=False,
-        power=2.0,
-        n_mels=config.n_mels,
-        fmin=config.fmin,
-        fmax=config.fmax,
-        htk=False,
-        norm="slaney",
-    )
-    log_mel = librosa.power_to_db(mel, ref=1.0, amin=config.log_floor, top_db=None)
-    return librosa.feature.mfcc(S=log_mel, n_mfcc=config.n_mfcc, dct_type=2, norm="ortho").T
+    """librosa.feature.mfcc with the front-end's settings, as a user would call it per clip."""
+    return librosa_features(clip, config)
 
 
 def _timed(func: Callable[[], Any]) -> tuple[float, float]:

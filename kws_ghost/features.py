@@ -273,3 +273,33 @@ def compute_features(audio: np.ndarray, config: FrontendConfig) -> np.ndarray:
     """Features of one mono clip as numpy ``[frames, num_features]`` float32 (CPU)."""
     with torch.inference_mode():
         return get_frontend(config)(as_audio_tensor(audio)).numpy()
+
+
+def librosa_features(audio: np.ndarray, config: FrontendConfig) -> np.ndarray:
+    """The same features computed by librosa, one clip at a time, ``[frames, num_features]``: the
+    reference the torch front-end is tested and benchmarked against.
+
+    ``librosa.feature.mfcc(y=...)`` would apply power_to_db's defaults (amin 1e-10, top_db 80),
+    so the log-mel is passed in as ``S`` with the front-end's floor and no top_db clipping.
+    """
+    import librosa
+
+    mel = librosa.feature.melspectrogram(
+        y=np.asarray(audio, dtype=np.float32),
+        sr=config.sample_rate,
+        n_fft=config.n_fft,
+        hop_length=config.hop_length,
+        win_length=config.win_length,
+        window="hann",
+        center=False,
+        power=2.0,
+        n_mels=config.n_mels,
+        fmin=config.fmin,
+        fmax=config.fmax,
+        htk=False,
+        norm="slaney",
+    )
+    log_mel = librosa.power_to_db(mel, ref=1.0, amin=config.log_floor, top_db=None)
+    if config.kind == "logmel":
+        return log_mel.T
+    return librosa.feature.mfcc(S=log_mel, n_mfcc=config.n_mfcc, dct_type=2, norm="ortho").T

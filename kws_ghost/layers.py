@@ -127,6 +127,41 @@ class ElementwiseCheapOperation(CheapOperation):
 CHEAP_OPERATIONS = {"linear": LinearCheapOperation, "elementwise": ElementwiseCheapOperation}
 
 
+def _full_state(h: Tensor, ghost_w: Tensor, ghost_b: Tensor, activation: str) -> Tensor:
+    """y = [h ; act(A h + c)] for the scans (A may have zero rows: no ghost part)."""
+    return torch.cat([h, _ACTIVATIONS[activation](torch.addmm(ghost_b, h, ghost_w.t()))], dim=1)
+
+
+def _ghost_backward(
+    dy: Tensor, ghost_out: Tensor, ghost_w: Tensor, activation: str, d_pre: Tensor
+) -> Tensor:
+    """Backward through y = [h ; act(A h + c)]: writes d(A h + c) into ``d_pre`` and returns the
+    gradient reaching h (its direct part plus A^T d_pre)."""
+    m = ghost_w.shape[1]
+    dh = dy[:, :m]
+    if ghost_out.shape[1] == 0:
+        return dh
+    dpre = dy[:, m:]
+    local = _activation_grad(activation, ghost_out)
+    if local is not None:
+        dpre = dpre * local
+    d_pre.copy_(dpre)
+    return torch.addmm(dh, dpre, ghost_w)
+
+
+def _weight_grads(
+    d_gates: Tensor, y: Tensor, y0: Tensor, d_pre: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of w_hh, b_hh, A and c, summed over all steps in four matmuls/sums (cheaper than
+    accumulating them step by step). ``d_pre`` row 0 belongs to y0, row t + 1 to step t."""
+    width, m = y.shape[2], y.shape[2] - d_pre.shape[2]
+    y_prev = torch.cat([y0[None], y[:-1]], dim=0).reshape(-1, width)
+    h_all = torch.cat([y0[None, :, :m], y[:, :, :m]], dim=0).reshape(-1, m)
+    d_flat = d_gates.reshape(-1, d_gates.shape[2])
+    d_pre_flat = d_pre.reshape(-1, width - m)
+    return d_flat.t() @ y_prev, d_flat.sum(0), d_pre_flat.t() @ h_all, d_pre_flat.sum(0)
+
+
 class _GhostGRUScan(torch.autograd.Function):
     """GhostGRU recurrence over a whole sequence with a hand-written backward.
 
@@ -151,7 +186,7 @@ class _GhostGRUScan(torch.autograd.Function):
         act = _ACTIVATIONS[activation]
         y = gi.new_empty(steps, batch, w_hh.shape[1])
         gates = gi.new_empty(steps, batch, 4 * m)  # r, z, n, (U_n y + b_hn) per step, for backward
-        y0 = torch.cat([h0, act(torch.addmm(ghost_b, h0, ghost_w.t()))], dim=1)
+        y0 = _full_state(h0, ghost_w, ghost_b, activation)
         y_prev, h_prev = y0, h0
         w_t = w_hh.t()
         for t in range(steps):
@@ -185,14 +220,8 @@ class _GhostGRUScan(torch.autograd.Function):
         dh_next = y.new_zeros(batch, m)  # grad reaching h_t through step t+1's z * h_t
         for t in range(steps - 1, -1, -1):
             dyt = dy[t] + dy_rec
-            dh = dyt[:, :m] + dh_next
-            if width > m:
-                dpre = dyt[:, m:]
-                local = _activation_grad(ctx.activation, y[t, :, m:])
-                if local is not None:
-                    dpre = dpre * local
-                d_pre[t + 1] = dpre
-                dh = torch.addmm(dh, dpre, ghost_w)
+            dh = _ghost_backward(dyt, y[t, :, m:], ghost_w, ctx.activation, d_pre[t + 1])
+            dh = dh + dh_next
             g = gates[t]
             r, z, n, ghn = g[:, :m], g[:, m : 2 * m], g[:, 2 * m : 3 * m], g[:, 3 * m :]
             h_prev = y[t - 1, :, :m] if t > 0 else y0[:, :m]
@@ -206,23 +235,8 @@ class _GhostGRUScan(torch.autograd.Function):
             dh_next = dh * z
             dy_rec = d_gh[t] @ w_hh
         # Gradient into the initial full state y0 = [h0 ; phi(h0)].
-        dh0 = dy_rec[:, :m] + dh_next
-        if width > m:
-            dpre0 = dy_rec[:, m:]
-            local = _activation_grad(ctx.activation, y0[:, m:])
-            if local is not None:
-                dpre0 = dpre0 * local
-            d_pre[0] = dpre0
-            dh0 = torch.addmm(dh0, dpre0, ghost_w)
-        y_prev = torch.cat([y0[None], y[:-1]], dim=0).reshape(-1, width)
-        d_gh_flat = d_gh.reshape(-1, 3 * m)
-        d_w_hh = d_gh_flat.t() @ y_prev
-        d_b_hh = d_gh_flat.sum(0)
-        h_all = torch.cat([y0[None, :, :m], y[:, :, :m]], dim=0).reshape(-1, m)
-        d_pre_flat = d_pre.reshape(-1, width - m)
-        d_ghost_w = d_pre_flat.t() @ h_all
-        d_ghost_b = d_pre_flat.sum(0)
-        return d_gi, dh0, d_w_hh, d_b_hh, d_ghost_w, d_ghost_b, None
+        dh0 = _ghost_backward(dy_rec, y0[:, m:], ghost_w, ctx.activation, d_pre[0]) + dh_next
+        return d_gi, dh0, *_weight_grads(d_gh, y, y0, d_pre), None
 
 
 class _GhostLSTMScan(torch.autograd.Function):
@@ -251,7 +265,7 @@ class _GhostLSTMScan(torch.autograd.Function):
         y = gi.new_empty(steps, batch, w_hh.shape[1])
         gates = gi.new_empty(steps, batch, 4 * m)  # activated i, f, g, o
         cells = gi.new_empty(steps, batch, m)
-        y0 = torch.cat([h0, act(torch.addmm(ghost_b, h0, ghost_w.t()))], dim=1)
+        y0 = _full_state(h0, ghost_w, ghost_b, activation)
         y_prev, c_prev = y0, c0
         w_t = w_hh.t()
         for t in range(steps):
@@ -283,15 +297,7 @@ class _GhostLSTMScan(torch.autograd.Function):
         dy_rec = y.new_zeros(batch, width)
         dc_next = dc_last.clone() if dc_last is not None else y.new_zeros(batch, m)
         for t in range(steps - 1, -1, -1):
-            dyt = dy[t] + dy_rec
-            dh = dyt[:, :m]
-            if width > m:
-                dpre = dyt[:, m:]
-                local = _activation_grad(ctx.activation, y[t, :, m:])
-                if local is not None:
-                    dpre = dpre * local
-                d_pre[t + 1] = dpre
-                dh = torch.addmm(dh, dpre, ghost_w)
+            dh = _ghost_backward(dy[t] + dy_rec, y[t, :, m:], ghost_w, ctx.activation, d_pre[t + 1])
             g = gates[t]
             i, f, gg, o = g[:, :m], g[:, m : 2 * m], g[:, 2 * m : 3 * m], g[:, 3 * m :]
             c_prev = cells[t - 1] if t > 0 else c0
@@ -304,30 +310,8 @@ class _GhostLSTMScan(torch.autograd.Function):
             dg[:, 3 * m :] = dh * tc * o * (1 - o)
             dc_next = dc * f
             dy_rec = dg @ w_hh
-        dh0 = dy_rec[:, :m]
-        if width > m:
-            dpre0 = dy_rec[:, m:]
-            local = _activation_grad(ctx.activation, y0[:, m:])
-            if local is not None:
-                dpre0 = dpre0 * local
-            d_pre[0] = dpre0
-            dh0 = torch.addmm(dh0, dpre0, ghost_w)
-        y_prev = torch.cat([y0[None], y[:-1]], dim=0).reshape(-1, width)
-        d_flat = d_gates.reshape(-1, 4 * m)
-        d_w_hh = d_flat.t() @ y_prev
-        d_b_hh = d_flat.sum(0)
-        h_all = torch.cat([y0[None, :, :m], y[:, :, :m]], dim=0).reshape(-1, m)
-        d_pre_flat = d_pre.reshape(-1, width - m)
-        return (
-            d_gates,
-            dh0,
-            dc_next,
-            d_w_hh,
-            d_b_hh,
-            d_pre_flat.t() @ h_all,
-            d_pre_flat.sum(0),
-            None,
-        )
+        dh0 = _ghost_backward(dy_rec, y0[:, m:], ghost_w, ctx.activation, d_pre[0])
+        return (d_gates, dh0, dc_next, *_weight_grads(d_gates, y, y0, d_pre), None)
 
 
 class GhostRNNLayer(nn.Module):

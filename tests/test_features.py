@@ -13,7 +13,13 @@ from click.testing import CliRunner
 from kws_ghost.audio import load_audio
 from kws_ghost.cli import main
 from kws_ghost.config import FrontendConfig, ModelConfig
-from kws_ghost.features import Frontend, StreamingFrontend, compute_features, dct_matrix
+from kws_ghost.features import (
+    Frontend,
+    StreamingFrontend,
+    compute_features,
+    dct_matrix,
+    librosa_features,
+)
 
 RATE = 16000
 # librosa and torch run different float32 FFTs (numpy's pocketfft vs torch's MKL) and sum the mel
@@ -38,28 +44,7 @@ def speechlike(seconds=1.3, seed=0):
     return audio.astype(np.float32)
 
 
-def librosa_reference(audio, config):
-    import librosa
-
-    mel = librosa.feature.melspectrogram(
-        y=audio,
-        sr=config.sample_rate,
-        n_fft=config.n_fft,
-        hop_length=config.hop_length,
-        win_length=config.win_length,
-        window="hann",
-        center=False,
-        power=2.0,
-        n_mels=config.n_mels,
-        fmin=config.fmin,
-        fmax=config.fmax,
-        htk=False,
-        norm="slaney",
-    )
-    log_mel = librosa.power_to_db(mel, ref=1.0, amin=config.log_floor, top_db=None)
-    if config.kind == "logmel":
-        return log_mel.T
-    return librosa.feature.mfcc(S=log_mel, n_mfcc=config.n_mfcc, dct_type=2, norm="ortho").T
+librosa_reference = librosa_features
 
 
 @pytest.mark.parametrize(
