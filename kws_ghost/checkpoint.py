@@ -100,7 +100,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             warnings.simplefilter("ignore")  # torch warns about pickle protocols of foreign files
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):
+        if "unsupported global" in str(exc).lower():
             raise KwsError(
                 f"{path}: holds Python objects other than plain weights; refusing to load it"
             ) from exc

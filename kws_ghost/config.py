@@ -14,6 +14,7 @@ CHEAP_OPERATIONS = ("linear", "elementwise")
 ACTIVATIONS = ("none", "tanh", "relu", "sigmoid")
 POOLINGS = ("mean", "last")
 FEATURE_KINDS = ("mfcc", "logmel")
+TASKS = ("gsc12", "gsc35", "custom")
 
 T = TypeVar("T")
 
@@ -60,8 +61,9 @@ class FrontendConfig:
     n_mfcc: int = 40
     fmin: float = 20.0
     fmax: Optional[float] = 7600.0
-    # Mel power floor before the log: 1e-6 (-60 dB) keeps zero padding from dominating the features.
-    log_floor: float = 1e-6
+    # Mel power floor before the log: 1e-8 (-80 dB) keeps zero padding from dominating the
+    # features; 1e-6 clipped a third of real speech's log-mel values (see README).
+    log_floor: float = 1e-8
     clip_seconds: float = 1.0
 
     def validate(self) -> None:
@@ -147,9 +149,9 @@ class ModelConfig:
 class DetectorConfig:
     """Decision settings. Times in seconds; ``hop_ms`` is rounded to whole feature frames."""
 
-    hop_ms: float = 50.0
+    hop_ms: float = 100.0
     threshold: float = 0.6
-    smoothing: int = 3  # hops averaged (3 x 50 ms)
+    smoothing: int = 3  # hops averaged (3 x 100 ms)
     patience: int = 2  # consecutive hops above threshold before a run counts
     refractory: float = 0.5  # seconds after an event's end before any keyword can fire again
     keywords: Optional[list[str]] = None  # None: every keyword label of the model
@@ -159,3 +161,49 @@ class DetectorConfig:
             raise KwsError(f"threshold must be in (0, 1], not {self.threshold}")
         if self.hop_ms <= 0 or self.smoothing < 1 or self.patience < 1 or self.refractory < 0:
             raise KwsError("hop must be positive, smoothing and patience at least 1")
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+    """Training-time augmentation (off for evaluation). Defaults follow TF speech_commands:
+    +-100 ms shift, background noise with probability 0.8 at volume <= 0.1; plus SpecAugment."""
+
+    time_shift_ms: float = 100.0
+    noise_prob: float = 0.8
+    noise_volume: float = 0.1
+    time_masks: int = 2
+    time_mask_frames: int = 10
+    freq_masks: int = 2
+    freq_mask_bins: int = 5
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation and data choices of a run (the model and front-end have their own configs).
+
+    Defaults: AdamW with a one-epoch warm-up and cosine decay, label smoothing 0.1, TF-style shift
+    and noise augmentation plus SpecAugment masks.
+    """
+
+    data: str = ""
+    task: str = "gsc12"
+    keywords: list[str] = dataclasses.field(default_factory=list)
+    extra_fraction: float = 0.1  # _silence_ and _unknown_ each, of every split
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    grad_clip: float = 5.0
+    seed: int = 0
+    device: str = "auto"
+    workers: int = -1  # -1: one per spare core, at most 4
+    norm_clips: int = 2000
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise KwsError("epochs, batch size and learning rate must be positive")
+        if isinstance(self.augment, dict):
+            self.augment = from_dict(AugmentConfig, self.augment, "augment config")

@@ -28,13 +28,13 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from kws_ghost.config import TASKS, AugmentConfig
 from kws_ghost.errors import KwsError
 
 SILENCE = "_silence_"
 UNKNOWN = "_unknown_"
 NOISE_DIR = "_background_noise_"
 GSC12_KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
-TASKS = ("gsc12", "gsc35", "custom")
 SPLITS = ("training", "validation", "testing")
 SPLIT_ALIASES = {"train": "training", "val": "validation", "valid": "validation", "test": "testing"}
 
@@ -44,20 +44,6 @@ def canonical_split(name: str) -> str:
     if split not in SPLITS:
         raise KwsError(f"unknown split {name!r}: use training, validation or testing")
     return split
-
-
-@dataclasses.dataclass
-class AugmentConfig:
-    """Training-time augmentation (off for evaluation). Defaults follow TF speech_commands:
-    +-100 ms shift, background noise with probability 0.8 at volume <= 0.1; plus SpecAugment."""
-
-    time_shift_ms: float = 100.0
-    noise_prob: float = 0.8
-    noise_volume: float = 0.1
-    time_masks: int = 2
-    time_mask_frames: int = 10
-    freq_masks: int = 2
-    freq_mask_bins: int = 5
 
 
 @dataclasses.dataclass

@@ -5,28 +5,66 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from kws_ghost.errors import KwsError
 
 
-def predict(model: Any, frontend: Any, loader: Any, device: Any, progress: bool = False) -> tuple:
-    """Logits [N, C] and targets [N] (CPU tensors) for every batch of ``loader``."""
+def predict(
+    logits_of: Callable[[Any], Any], frontend: Any, loader: Any, device: Any, progress: bool = False
+) -> tuple:
+    """Logits [N, C] and targets [N] (CPU tensors) for every batch of ``loader``;
+    ``logits_of(features)`` is the model (a PyTorch module's logits or an ONNX session's)."""
     import torch
     from tqdm import tqdm
 
-    model.eval()
     all_logits, all_targets = [], []
     with torch.inference_mode():
         for audio, target in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
-            logits, _ = model(frontend(audio.to(device)))
-            all_logits.append(logits.float().cpu())
+            logits = logits_of(frontend(audio.to(device)))
+            all_logits.append(torch.as_tensor(logits).float().cpu())
             all_targets.append(target)
     if not all_logits:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
     return torch.cat(all_logits), torch.cat(all_targets)
+
+
+def model_for_evaluation(path: str | os.PathLike[str], device: Any) -> tuple:
+    """(logits function, labels, front-end config, train config, parameter count) of a
+    checkpoint, or of an exported ``.onnx`` model (run with onnxruntime on the CPU)."""
+    if str(path).endswith(".onnx"):
+        import torch
+
+        from kws_ghost.export import OnnxKeywordModel
+
+        onnx_model = OnnxKeywordModel(path)
+
+        def onnx_logits(features: Any) -> Any:
+            return torch.from_numpy(onnx_model.clip_logits(features.cpu().numpy()))
+
+        from kws_ghost.models import build_model
+
+        params = build_model(onnx_model.model_config).num_params()
+        return onnx_logits, onnx_model.labels, onnx_model.frontend_config, {}, params
+
+    from kws_ghost.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    model = checkpoint.build_model(device)
+    train_config = checkpoint.extra.get("train_config", {})
+
+    def torch_logits(features: Any) -> Any:
+        return model(features)[0]
+
+    return (
+        torch_logits,
+        checkpoint.labels,
+        checkpoint.frontend_config,
+        train_config,
+        model.num_params(),
+    )
 
 
 def confusion_matrix(predicted: np.ndarray, target: np.ndarray, classes: int) -> np.ndarray:
@@ -77,28 +115,26 @@ def evaluate_checkpoint(
     """Score a checkpoint on a split of a corpus, with the split built as in training."""
     import torch
 
-    from kws_ghost.checkpoint import load_checkpoint
     from kws_ghost.data import ClipDataset, EpochSampler, build_items, canonical_split, scan_corpus
     from kws_ghost.features import Frontend
     from kws_ghost.train import _worker_init, pick_device
 
     split = canonical_split(split)
-    checkpoint = load_checkpoint(checkpoint_path)
     torch_device = pick_device(device)
-    model = checkpoint.build_model(torch_device)
-    frontend = Frontend(checkpoint.frontend_config).to(torch_device)
-    train_config = checkpoint.extra.get("train_config", {})
+    logits_of, labels, fe, train_config, params = model_for_evaluation(
+        checkpoint_path, torch_device
+    )
+    frontend = Frontend(fe).to(torch_device)
     corpus = scan_corpus(data_dir)
     items = build_items(
         corpus,
-        checkpoint.labels,
+        labels,
         split,
         seed=int(train_config.get("seed", 0)),
         fraction=float(train_config.get("extra_fraction", 0.1)),
     )
     if not items:
         raise KwsError(f"{data_dir}: no {split} clips for this model's labels")
-    fe = checkpoint.frontend_config
     dataset = ClipDataset(corpus, items, fe.clip_samples, fe.sample_rate, None)
     if workers < 0:
         workers = max(0, min(4, (os.cpu_count() or 1) - 1))
@@ -109,16 +145,16 @@ def evaluate_checkpoint(
         num_workers=workers,
         worker_init_fn=_worker_init,
     )
-    logits, targets = predict(model, frontend, loader, torch_device, progress)
-    confusion = confusion_matrix(logits.argmax(1).numpy(), targets.numpy(), len(checkpoint.labels))
-    report = classification_report(confusion, checkpoint.labels)
+    logits, targets = predict(logits_of, frontend, loader, torch_device, progress)
+    confusion = confusion_matrix(logits.argmax(1).numpy(), targets.numpy(), len(labels))
+    report = classification_report(confusion, labels)
     report.update(
         {
             "checkpoint": str(checkpoint_path),
             "data": str(data_dir),
             "split": split,
-            "model": checkpoint.model_config.arch,
-            "params": model.num_params(),
+            "model": Path(checkpoint_path).name,
+            "params": params,
         }
     )
     return report

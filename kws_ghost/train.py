@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from kws_ghost.config import FrontendConfig, ModelConfig, from_dict, to_dict
+from kws_ghost.config import FrontendConfig, ModelConfig, TrainConfig, from_dict, to_dict
 from kws_ghost.data import (
-    AugmentConfig,
     ClipDataset,
     EpochSampler,
     build_items,
@@ -30,38 +29,6 @@ from kws_ghost.data import (
 )
 from kws_ghost.errors import KwsError
 from kws_ghost.fileio import write_json
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Optimisation and data choices of a run (the model and front-end have their own configs).
-
-    Defaults: AdamW with a one-epoch warm-up and cosine decay, label smoothing 0.1, TF-style shift
-    and noise augmentation plus SpecAugment masks.
-    """
-
-    data: str = ""
-    task: str = "gsc12"
-    keywords: list[str] = dataclasses.field(default_factory=list)
-    extra_fraction: float = 0.1  # _silence_ and _unknown_ each, of every split
-    epochs: int = 40
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 1e-2
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    grad_clip: float = 5.0
-    seed: int = 0
-    device: str = "auto"
-    workers: int = -1  # -1: one per spare core, at most 4
-    norm_clips: int = 2000
-    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
-
-    def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise KwsError("epochs, batch size and learning rate must be positive")
-        if isinstance(self.augment, dict):
-            self.augment = from_dict(AugmentConfig, self.augment, "augment config")
 
 
 @dataclasses.dataclass
@@ -400,7 +367,10 @@ class Trainer:
             even=False,
         )
         loader = self._loader(self.val_set, sampler, 256)
-        logits, targets = predict(self.model, self.frontend, loader, self.device)
+        self.model.eval()
+        logits, targets = predict(
+            lambda features: self.model(features)[0], self.frontend, loader, self.device
+        )
         loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
         correct = (logits.argmax(1) == targets).sum().item()
         loss, correct, count = self._all_reduce([loss, correct, len(targets)])

@@ -28,21 +28,21 @@ def synth_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(synth_corpus, tmp_path_factory) -> dict:
     """A small GhostGRU trained on the synthetic corpus (the 'trains in under 2 minutes' run)."""
-    from kws_ghost.config import FrontendConfig, ModelConfig
-    from kws_ghost.train import TrainConfig, Trainer
+    from kws_ghost.config import FrontendConfig, ModelConfig, TrainConfig
+    from kws_ghost.train import Trainer
 
     run_dir = tmp_path_factory.mktemp("runs") / "ghost"
     config = TrainConfig(
         data=str(synth_corpus),
         task="custom",
         keywords=KEYWORDS,
-        epochs=30,
-        batch_size=32,
+        epochs=40,
+        batch_size=16,
         lr=3e-3,
         seed=0,
         workers=0,
     )
-    model = ModelConfig(arch="ghost-gru", hidden=64, layers=1, ratio=2, dropout=0.1)
+    model = ModelConfig(arch="ghost-gru", hidden=96, layers=1, ratio=2, dropout=0.1)
     started = time.perf_counter()
     history = Trainer(config, model, FrontendConfig(), run_dir=run_dir, progress=False).run()
     return {

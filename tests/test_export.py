@@ -380,3 +380,58 @@ def test_profile_fold_of_a_checkpoint(tmp_path):
     folded = fold_model(make_model("ghost-lstm", "none"))
     assert data["params"] == folded.num_params()
     assert data["macs_per_frame"] == folded.macs_per_frame()
+
+
+# -- with a trained model (the session's synthetic-corpus GhostGRU) ------------------------------
+
+
+def test_detector_on_onnx_gives_the_pytorch_events(trained_run, tmp_path):
+    from kws_ghost.audio import iter_audio_blocks
+    from kws_ghost.stream import detect_blocks, load_scorer, score_blocks
+    from kws_ghost.stream_eval import build_recording
+
+    onnx_path = tmp_path / "kws.onnx"
+    result = CliRunner().invoke(
+        main, ["export", str(trained_run["best"]), "--out", str(onnx_path), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    wav = tmp_path / "rec.wav"
+    build_recording(trained_run["corpus"], wav, ["yes", "no", "up", "down"], duration=20, seed=4)
+    torch_scorer, onnx_scorer = load_scorer(trained_run["best"]), load_scorer(onnx_path)
+    torch_scores = score_blocks(iter_audio_blocks(wav), torch_scorer, 100)
+    onnx_scores = score_blocks(iter_audio_blocks(wav), onnx_scorer, 100)
+    assert len(torch_scores) == len(onnx_scores) > 100
+    difference = max(
+        np.abs(a.probabilities - b.probabilities).max() for a, b in zip(torch_scores, onnx_scores)
+    )
+    assert difference < 1e-4
+    torch_events = [e.as_dict() for e in detect_blocks(iter_audio_blocks(wav), torch_scorer)]
+    onnx_events = [e.as_dict() for e in detect_blocks(iter_audio_blocks(wav), onnx_scorer)]
+    assert torch_events and [(e["keyword"], e["start"], e["end"]) for e in torch_events] == [
+        (e["keyword"], e["start"], e["end"]) for e in onnx_events
+    ]
+    cli = CliRunner().invoke(
+        main, ["detect", str(wav), "--model", str(onnx_path), "--format", "json"]
+    )
+    assert cli.exit_code == 0, cli.output
+    assert len(cli.output.splitlines()) == len(torch_events)
+
+
+def test_int8_costs_at_most_one_point_of_accuracy(trained_run, tmp_path):
+    from kws_ghost.evaluate import evaluate_checkpoint
+
+    int8_path = tmp_path / "kws-int8.onnx"
+    result = CliRunner().invoke(
+        main, ["export", str(trained_run["best"]), "--int8", "--out", str(int8_path)]
+    )
+    assert result.exit_code == 0, result.output
+    accuracies = {}
+    for name, path in (("torch", trained_run["best"]), ("int8", int8_path)):
+        reports = [
+            evaluate_checkpoint(path, trained_run["corpus"], split, progress=False, workers=0)
+            for split in ("validation", "testing")
+        ]
+        correct = sum(r["accuracy"] * r["count"] for r in reports)
+        accuracies[name] = correct / sum(r["count"] for r in reports)
+    print(f"\nheld-out accuracy: PyTorch {accuracies['torch']:.4f}, int8 {accuracies['int8']:.4f}")
+    assert accuracies["torch"] - accuracies["int8"] <= 0.01

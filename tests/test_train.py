@@ -52,12 +52,12 @@ def test_run_folder_holds_config_metrics_and_checkpoints(trained_run):
         "down",
     ]
     metrics = read_metrics(run_dir)
-    assert [m["epoch"] for m in metrics] == list(range(1, 31))
+    assert [m["epoch"] for m in metrics] == list(range(1, 41))
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     best = load_checkpoint(run_dir / "best.pt")
     assert best.extra["metrics"]["val_accuracy"] == max(m["val_accuracy"] for m in metrics)
     last = load_checkpoint(run_dir / "last.pt")
-    assert last.extra["train_state"]["epoch"] == 30
+    assert last.extra["train_state"]["epoch"] == 40
     assert "train_state" not in best.extra
     assert (run_dir.parent / "latest").resolve() == run_dir.resolve()
     # normalisation statistics were computed and stored
@@ -76,8 +76,8 @@ def test_eval_plot_and_text(trained_run, tmp_path):
 
 
 def test_resume_continues_exactly(tiny_corpus, tmp_path):
-    from kws_ghost.config import FrontendConfig, ModelConfig
-    from kws_ghost.train import TrainConfig, Trainer
+    from kws_ghost.config import FrontendConfig, ModelConfig, TrainConfig
+    from kws_ghost.train import Trainer
 
     def trainer(out, resume=False):
         config = TrainConfig(data=str(tiny_corpus), epochs=4, batch_size=8, workers=0, seed=3)

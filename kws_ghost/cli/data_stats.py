@@ -7,13 +7,14 @@ from typing import Optional
 import click
 
 from kws_ghost.cli.options import json_option
+from kws_ghost.config import TASKS
 
 
 @click.command("data-stats")
 @click.argument("data", type=click.Path())
 @click.option(
     "--task",
-    type=click.Choice(["gsc12", "gsc35", "custom"]),
+    type=click.Choice(TASKS),
     help="gsc12 (default), gsc35 or custom (with --keywords).",
 )
 @click.option("--keywords", help="Comma-separated keywords for a custom task.")

@@ -6,9 +6,17 @@ from typing import Any, Callable
 
 import click
 
-from kws_ghost.config import ACTIVATIONS, ARCHITECTURES, CHEAP_OPERATIONS, POOLINGS, ModelConfig
+from kws_ghost.config import (
+    ACTIVATIONS,
+    ARCHITECTURES,
+    CHEAP_OPERATIONS,
+    POOLINGS,
+    DetectorConfig,
+    ModelConfig,
+)
 
 _DEFAULT = ModelConfig()
+_DETECTOR = DetectorConfig()
 
 
 def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -99,3 +107,47 @@ def model_config_from(options: dict[str, Any], **overrides: Any) -> ModelConfig:
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object instead of text."
 )
+
+
+def detector_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The streaming decision settings (see kws_ghost.stream.DetectorConfig)."""
+    options = [
+        click.option(
+            "--threshold",
+            type=click.FloatRange(0, 1, min_open=True),
+            default=_DETECTOR.threshold,
+            show_default=True,
+            help="Smoothed posterior needed to fire.",
+        ),
+        click.option(
+            "--hop-ms",
+            type=click.FloatRange(1),
+            default=_DETECTOR.hop_ms,
+            show_default=True,
+            help="Scoring hop: the 1 s window is scored this often.",
+        ),
+        click.option(
+            "--smoothing",
+            type=click.IntRange(1),
+            default=_DETECTOR.smoothing,
+            show_default=True,
+            help="Hops averaged before the threshold.",
+        ),
+        click.option(
+            "--patience",
+            type=click.IntRange(1),
+            default=_DETECTOR.patience,
+            show_default=True,
+            help="Consecutive hops above the threshold an event needs.",
+        ),
+        click.option(
+            "--refractory",
+            type=click.FloatRange(0),
+            default=_DETECTOR.refractory,
+            show_default=True,
+            help="Seconds after an event before another can fire.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

@@ -8,14 +8,16 @@ from typing import Any, Optional
 import click
 
 from kws_ghost.cli.options import json_option, model_config_from, model_options
-from kws_ghost.config import FEATURE_KINDS
+from kws_ghost.config import FEATURE_KINDS, TASKS, TrainConfig
+
+_DEFAULT = TrainConfig()
 
 
 @click.command()
 @click.option("--data", type=click.Path(), help="Corpus folder (Speech Commands layout).")
 @click.option(
     "--task",
-    type=click.Choice(["gsc12", "gsc35", "custom"]),
+    type=click.Choice(TASKS),
     help="gsc12 (default), gsc35 (every word) or custom (with --keywords).",
 )
 @click.option("--keywords", help="Comma-separated keywords; other words become _unknown_.")
@@ -28,22 +30,22 @@ from kws_ghost.config import FEATURE_KINDS
     show_default=True,
     help="Front-end features.",
 )
-@click.option("--epochs", type=click.IntRange(1), default=40, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=_DEFAULT.epochs, show_default=True)
 @click.option(
     "--batch-size",
     type=click.IntRange(1),
-    default=128,
+    default=_DEFAULT.batch_size,
     show_default=True,
     help="Global batch size (split across processes under torchrun).",
 )
 @click.option(
     "--lr",
     type=click.FloatRange(0, min_open=True),
-    default=3e-3,
+    default=_DEFAULT.lr,
     show_default=True,
     help="Peak learning rate (AdamW, warm-up then cosine decay).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=_DEFAULT.seed, show_default=True)
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )
@@ -97,10 +99,9 @@ def train(
       kws-ghost train --resume --out runs/20261128-101500-ghost-gru
       torchrun --nproc_per_node 2 -m kws_ghost train --data DIR
     """
-    from kws_ghost.config import FrontendConfig
-    from kws_ghost.data import AugmentConfig
+    from kws_ghost.config import AugmentConfig, FrontendConfig
     from kws_ghost.errors import KwsError
-    from kws_ghost.train import TrainConfig, Trainer, train_config_from_dict
+    from kws_ghost.train import Trainer, train_config_from_dict
 
     model_config = model_config_from(options)
     keyword_list = [k.strip() for k in keywords.split(",") if k.strip()] if keywords else []
