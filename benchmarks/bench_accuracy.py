@@ -60,7 +60,8 @@ def models() -> list[tuple[str, ModelConfig]]:
 def run(corpus: Path, epochs: int, seed: int, out: Path, label: str) -> list[dict]:
     rows = []
     for name, config in models():
-        run_dir = out / "runs" / f"{label}-{name.replace(' ', '-')}-s{seed}"
+        slug = f"{label}-{name}-s{seed}".replace(" ", "-")
+        run_dir = out / "runs" / slug
         train = TrainConfig(data=str(corpus), task="gsc12", epochs=epochs, seed=seed)
         started = time.perf_counter()
         history = Trainer(train, config, FrontendConfig(), run_dir=run_dir, progress=False).run()

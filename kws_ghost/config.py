@@ -175,6 +175,9 @@ class AugmentConfig:
     time_mask_frames: int = 10
     freq_masks: int = 2
     freq_mask_bins: int = 5
+    # Probability that a word clip becomes an _unknown_ example holding only a fragment of the
+    # word, as a sliding window sees it just before and after the word (0: off).
+    fragment_prob: float = 0.0
 
 
 @dataclasses.dataclass

@@ -215,8 +215,11 @@ class ClipDataset:
         sample_rate: int = 16000,
         augment: Optional[AugmentConfig] = None,
         seed: int = 0,
+        fragment_label: Optional[int] = None,
     ) -> None:
         self.corpus = corpus
+        # Label of word fragments (the _unknown_ class) when augmentation makes them.
+        self.fragment_label = fragment_label
         self.items = list(items)
         self.clip_samples = clip_samples
         self.sample_rate = sample_rate
@@ -259,9 +262,19 @@ class ClipDataset:
             audio = self.noise_crop(rng) * rng.uniform(0.0, 1.0)
         else:
             audio = self.load_clip(item.path)
+        label = item.label
         if augmenting:
+            cfg = self.augment
+            assert cfg is not None
+            if (
+                self.fragment_label is not None
+                and item.path is not None
+                and label != self.fragment_label
+                and rng.uniform() < cfg.fragment_prob
+            ):
+                audio, label = word_fragment(audio, rng, self.sample_rate), self.fragment_label
             audio = self._augment(audio, rng)
-        return audio.astype(np.float32, copy=False), item.label
+        return audio.astype(np.float32, copy=False), label
 
     def _augment(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         cfg = self.augment
@@ -279,6 +292,27 @@ def fit_length(audio: np.ndarray, length: int) -> np.ndarray:
     if len(audio) >= length:
         return audio[:length]
     return np.pad(audio, (0, length - len(audio)))
+
+
+def speech_span(audio: np.ndarray, sample_rate: int, top_db: float = 30.0) -> tuple[int, int]:
+    """First and last sample of the part of a clip within ``top_db`` of its loudest 10 ms."""
+    hop = sample_rate // 100
+    frames = len(audio) // hop
+    if frames == 0:
+        return 0, len(audio)
+    energy = np.square(audio[: frames * hop].reshape(frames, hop)).mean(1)
+    loud = np.nonzero(energy >= energy.max() * 10 ** (-top_db / 10))[0]
+    return int(loud[0] * hop), int(min(len(audio), (loud[-1] + 1) * hop))
+
+
+def word_fragment(audio: np.ndarray, rng: np.random.Generator, sample_rate: int) -> np.ndarray:
+    """The clip shifted so that only 15-50% of its word remains, at the start or the end of the
+    window: what a sliding window sees just before and after a keyword."""
+    lo, hi = speech_span(audio, sample_rate)
+    keep = int((hi - lo) * rng.uniform(0.15, 0.5))
+    if rng.uniform() < 0.5:
+        return time_shift(audio, len(audio) - keep - lo)  # the word's start, at the end
+    return time_shift(audio, keep - hi)  # the word's end, at the start
 
 
 def time_shift(audio: np.ndarray, shift: int) -> np.ndarray:

@@ -19,20 +19,16 @@ from typing import Any, Optional
 import numpy as np
 
 from kws_ghost.config import DetectorConfig
-from kws_ghost.data import SILENCE, UNKNOWN, canonical_split, fit_length, scan_corpus
+from kws_ghost.data import (
+    SILENCE,
+    UNKNOWN,
+    canonical_split,
+    fit_length,
+    scan_corpus,
+    speech_span,
+)
 from kws_ghost.errors import KwsError
 from kws_ghost.fileio import write_json
-
-
-def speech_span(audio: np.ndarray, sample_rate: int, top_db: float = 30.0) -> tuple[int, int]:
-    """First and last sample of the part of a clip within ``top_db`` of its loudest 10 ms."""
-    hop = sample_rate // 100
-    frames = len(audio) // hop
-    if frames == 0:
-        return 0, len(audio)
-    energy = np.square(audio[: frames * hop].reshape(frames, hop)).mean(1)
-    loud = np.nonzero(energy >= energy.max() * 10 ** (-top_db / 10))[0]
-    return int(loud[0] * hop), int(min(len(audio), (loud[-1] + 1) * hop))
 
 
 def build_recording(

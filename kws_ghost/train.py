@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 
 from kws_ghost.config import FrontendConfig, ModelConfig, TrainConfig, from_dict, to_dict
 from kws_ghost.data import (
+    UNKNOWN,
     ClipDataset,
     EpochSampler,
     build_items,
@@ -174,8 +175,9 @@ class Trainer:
             self.log("note: the validation split is empty: best.pt will be the last epoch")
         clip = frontend_config.clip_samples
         rate = frontend_config.sample_rate
+        fragment_label = self.labels.index(UNKNOWN) if UNKNOWN in self.labels else None
         self.train_set = ClipDataset(
-            corpus, self.train_items, clip, rate, train_config.augment, seed
+            corpus, self.train_items, clip, rate, train_config.augment, seed, fragment_label
         )
         self.val_set = ClipDataset(corpus, self.val_items, clip, rate, None, seed)
 

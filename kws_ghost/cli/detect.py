@@ -46,8 +46,11 @@ def detect(
 ) -> None:
     """Detect keywords in FILES (any format soundfile reads; any rate or channel count).
 
-    FILE "-" reads raw 16-bit little-endian 16 kHz mono PCM from stdin and prints each event as it
-    is decided, e.g.  arecord -f S16_LE -r 16000 -c 1 | kws-ghost detect -
+    FILE "-" reads raw 16-bit little-endian 16 kHz mono PCM from stdin and prints each event
+    as it is decided:
+
+    \b
+      arecord -f S16_LE -r 16000 -c 1 | kws-ghost detect -
 
     An event is reported when its keyword's smoothed score falls back below the threshold, with
     the time span (seconds from the start of the input) that holds the word.

@@ -134,7 +134,7 @@ def train(
             seed=seed,
             device=device,
             workers=workers,
-            augment=AugmentConfig(0, 0, 0, 0, 0, 0, 0) if no_augment else AugmentConfig(),
+            augment=AugmentConfig(0, 0, 0, 0, 0, 0, 0, 0) if no_augment else AugmentConfig(),
         )
         run_path = Path(run_dir) if run_dir else None
     trainer = Trainer(
