@@ -63,12 +63,15 @@ def build_recording(
     audio = np.zeros(total, dtype=np.float32)
     truth: list[dict[str, Any]] = []
     t = rng.uniform(*gap)
+    queue: list[str] = []
     while True:
         is_distractor = bool(others) and rng.uniform() < distractor_ratio
         if is_distractor:
             relpath, word = others[rng.integers(len(others))], None
         else:
-            word = sorted(pool)[rng.integers(len(pool))]
+            if not queue:  # keywords in shuffled rounds, so each appears about equally often
+                queue = list(rng.permutation(sorted(pool)))
+            word = str(queue.pop())
             relpath = pool[word][rng.integers(len(pool[word]))]
         clip = fit_length(load_audio(corpus.root / relpath, sample_rate), sample_rate)
         lo, hi = speech_span(clip, sample_rate)

@@ -15,12 +15,18 @@ OTHER_WORDS = ["cat", "house"]
 
 @pytest.fixture(scope="session")
 def synth_corpus(tmp_path_factory) -> Path:
-    """4 keywords + 2 other words, 30 synthetic speakers (24 train / 3 validation / 3 test)."""
+    """4 keywords + 2 other words, 60 synthetic speakers (42 train / 6 validation / 12 test)."""
     from kws_ghost.synth import synthesize_corpus
 
     out = tmp_path_factory.mktemp("corpus") / "synth"
     synthesize_corpus(
-        KEYWORDS + OTHER_WORDS, out, voices=30, clips_per_voice=3, seed=0, progress=False
+        KEYWORDS + OTHER_WORDS,
+        out,
+        voices=60,
+        clips_per_voice=3,
+        seed=0,
+        test_fraction=0.2,
+        progress=False,
     )
     return out
 
@@ -36,7 +42,7 @@ def trained_run(synth_corpus, tmp_path_factory) -> dict:
         data=str(synth_corpus),
         task="custom",
         keywords=KEYWORDS,
-        epochs=40,
+        epochs=30,
         batch_size=16,
         lr=3e-3,
         seed=0,

@@ -165,3 +165,31 @@ def test_data_stats_cli(tiny_corpus):
     assert text.exit_code == 0 and "training" in text.output
     missing = CliRunner().invoke(main, ["data-stats", str(tiny_corpus / "nope")])
     assert missing.exit_code == 1 and "no such data folder" in missing.output
+
+
+def test_word_fragments_become_unknown_examples(tiny_corpus):
+    from kws_ghost.config import AugmentConfig as Augment
+    from kws_ghost.data import speech_span, word_fragment
+
+    corpus = scan_corpus(tiny_corpus)
+    labels = resolve_labels(corpus, "custom", ["yes", "no"])
+    items = build_items(corpus, labels, "training")
+    unknown = labels.index(UNKNOWN)
+    config = Augment(
+        noise_prob=0.0, time_shift_ms=0.0, time_masks=0, freq_masks=0, fragment_prob=1.0
+    )
+    dataset = ClipDataset(corpus, items, augment=config, fragment_label=unknown)
+    keyword = next(i for i, item in enumerate(items) if labels[item.label] == "yes")
+    audio, label = dataset[(0, keyword)]
+    assert label == unknown
+    # a fragment sits at one edge of the window and holds at most half of the word
+    lo, hi = speech_span(dataset.load_clip(items[keyword].path), 16000)
+    kept_lo, kept_hi = speech_span(audio, 16000)
+    assert kept_lo < 400 or kept_hi > 16000 - 400
+    assert kept_hi - kept_lo <= 0.55 * (hi - lo)
+    # silence items and evaluation are untouched
+    silence = next(i for i, item in enumerate(items) if item.path is None)
+    assert dataset[(0, silence)][1] == labels.index(SILENCE)
+    assert ClipDataset(corpus, items, fragment_label=unknown)[keyword][1] == items[keyword].label
+    rng = np.random.default_rng(0)
+    assert word_fragment(np.zeros(16000, np.float32), rng, 16000).shape == (16000,)

@@ -37,7 +37,7 @@ def test_small_ghost_gru_learns_held_out_synthetic_speakers(trained_run):
     result = CliRunner().invoke(main, ["eval", str(trained_run["best"]), "--json", "--quiet"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["split"] == "testing" and report["count"] >= 40
+    assert report["split"] == "testing" and report["count"] >= 150
     assert report["accuracy"] >= 0.90, report["confusion"]
     assert set(report["per_class"]) == {"_silence_", "_unknown_", "yes", "no", "up", "down"}
 
@@ -52,12 +52,12 @@ def test_run_folder_holds_config_metrics_and_checkpoints(trained_run):
         "down",
     ]
     metrics = read_metrics(run_dir)
-    assert [m["epoch"] for m in metrics] == list(range(1, 41))
+    assert [m["epoch"] for m in metrics] == list(range(1, 31))
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     best = load_checkpoint(run_dir / "best.pt")
     assert best.extra["metrics"]["val_accuracy"] == max(m["val_accuracy"] for m in metrics)
     last = load_checkpoint(run_dir / "last.pt")
-    assert last.extra["train_state"]["epoch"] == 40
+    assert last.extra["train_state"]["epoch"] == 30
     assert "train_state" not in best.extra
     assert (run_dir.parent / "latest").resolve() == run_dir.resolve()
     # normalisation statistics were computed and stored
