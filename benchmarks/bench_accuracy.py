@@ -127,6 +127,11 @@ def main() -> None:
         rows += run(
             real_corpus(args.real_dev, args.cache), args.epochs, args.seed, args.out, "real speech"
         )
+    previous = args.out / "accuracy.json"
+    if args.only and previous.exists():  # keep the other corpus's rows from an earlier run
+        done = {row["corpus"] for row in rows}
+        kept = [r for r in json.loads(previous.read_text())["rows"] if r["corpus"] not in done]
+        rows = kept + rows
     result = {"frontend": dataclasses.asdict(FrontendConfig()), "rows": rows}
     (args.out / "accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "accuracy.md").write_text(markdown(rows))
