@@ -55,13 +55,23 @@ def test_run_folder_holds_config_metrics_and_checkpoints(trained_run):
     assert [m["epoch"] for m in metrics] == list(range(1, 31))
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     best = load_checkpoint(run_dir / "best.pt")
-    assert best.extra["metrics"]["val_accuracy"] == max(m["val_accuracy"] for m in metrics)
+    top = max(metrics, key=lambda m: (m["val_accuracy"], -m["val_loss"]))
+    assert best.extra["metrics"]["epoch"] == top["epoch"]
     last = load_checkpoint(run_dir / "last.pt")
     assert last.extra["train_state"]["epoch"] == 30
     assert "train_state" not in best.extra
     assert (run_dir.parent / "latest").resolve() == run_dir.resolve()
     # normalisation statistics were computed and stored
     assert not torch.allclose(best.model_state["feature_std"], torch.ones(40))
+
+
+def test_best_checkpoint_breaks_accuracy_ties_by_loss():
+    from kws_ghost.train import is_better
+
+    assert is_better(0.9, 0.5, 0.8, 0.1)
+    assert is_better(0.9, 0.2, 0.9, 0.3)
+    assert not is_better(0.9, 0.3, 0.9, 0.3)
+    assert not is_better(0.8, 0.1, 0.9, 0.3)
 
 
 def test_eval_plot_and_text(trained_run, tmp_path):
