@@ -22,7 +22,8 @@ step "3. Train a small GhostGRU (held-out synthetic speakers for validation and 
      "kws-ghost train --data $OUT/corpus --keywords yes,no,up,down --hidden 96 --layers 1 ..."
 rm -rf "$OUT/run"
 kws-ghost train --data "$OUT/corpus" --keywords yes,no,up,down --hidden 96 --layers 1 \
-  --dropout 0.1 --epochs 40 --batch-size 16 --lr 0.003 --out "$OUT/run" --quiet
+  --dropout 0.1 --epochs 40 --batch-size 16 --lr 0.003 --fragment-negatives 0.05 --out "$OUT/run" \
+  --quiet
 
 step "4. Evaluate on the test speakers" \
      "kws-ghost eval $OUT/run/best.pt --plot $OUT/confusion.png"

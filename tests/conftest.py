@@ -15,15 +15,18 @@ OTHER_WORDS = ["cat", "house"]
 
 @pytest.fixture(scope="session")
 def synth_corpus(tmp_path_factory) -> Path:
-    """4 keywords + 2 other words, 60 synthetic speakers (42 train / 6 validation / 12 test)."""
+    """4 keywords + 2 other words, 90 synthetic speakers (63 train / 9 validation / 18 test).
+
+    Many speakers with 2 clips each rather than fewer with more clips: held-out-speaker accuracy
+    depends on how many voices training saw (60 x 3 clips: 0.88-0.93; 90 x 2: 0.95-0.96)."""
     from kws_ghost.synth import synthesize_corpus
 
     out = tmp_path_factory.mktemp("corpus") / "synth"
     synthesize_corpus(
         KEYWORDS + OTHER_WORDS,
         out,
-        voices=60,
-        clips_per_voice=3,
+        voices=90,
+        clips_per_voice=2,
         seed=0,
         test_fraction=0.2,
         progress=False,
@@ -34,7 +37,7 @@ def synth_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(synth_corpus, tmp_path_factory) -> dict:
     """A small GhostGRU trained on the synthetic corpus (the 'trains in under 2 minutes' run)."""
-    from kws_ghost.config import FrontendConfig, ModelConfig, TrainConfig
+    from kws_ghost.config import AugmentConfig, FrontendConfig, ModelConfig, TrainConfig
     from kws_ghost.train import Trainer
 
     run_dir = tmp_path_factory.mktemp("runs") / "ghost"
@@ -47,6 +50,9 @@ def trained_run(synth_corpus, tmp_path_factory) -> dict:
         lr=3e-3,
         seed=0,
         workers=0,
+        # Fragment negatives: without them, onsets and tails of other words fire "up" on the test
+        # recording (22 false alarms in 40 s against 2 with them).
+        augment=AugmentConfig(fragment_prob=0.05),
     )
     model = ModelConfig(arch="ghost-gru", hidden=96, layers=1, ratio=2, dropout=0.1)
     started = time.perf_counter()
