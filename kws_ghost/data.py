@@ -294,14 +294,23 @@ def fit_length(audio: np.ndarray, length: int) -> np.ndarray:
     return np.pad(audio, (0, length - len(audio)))
 
 
-def speech_span(audio: np.ndarray, sample_rate: int, top_db: float = 30.0) -> tuple[int, int]:
-    """First and last sample of the part of a clip within ``top_db`` of its loudest 10 ms."""
+def speech_span(
+    audio: np.ndarray, sample_rate: int, top_db: float = 30.0, above_floor_db: float = 6.0
+) -> tuple[int, int]:
+    """First and last sample of the part of a clip within ``top_db`` of its loudest 10 ms and,
+    where the clip has a floor (its 10th-percentile 10 ms lies over twice ``above_floor_db``
+    under the peak), ``above_floor_db`` above that floor: so a quiet voice over a noise floor
+    less than ``top_db`` down does not count the whole clip as speech."""
     hop = sample_rate // 100
     frames = len(audio) // hop
     if frames == 0:
         return 0, len(audio)
     energy = np.square(audio[: frames * hop].reshape(frames, hop)).mean(1)
-    loud = np.nonzero(energy >= energy.max() * 10 ** (-top_db / 10))[0]
+    threshold = energy.max() * 10 ** (-top_db / 10)
+    floor = np.percentile(energy, 10)
+    if energy.max() > floor * 10 ** (2 * above_floor_db / 10):
+        threshold = max(threshold, floor * 10 ** (above_floor_db / 10))
+    loud = np.nonzero(energy >= threshold)[0]
     return int(loud[0] * hop), int(min(len(audio), (loud[-1] + 1) * hop))
 
 

@@ -8,12 +8,13 @@ Three explicit stages, each usable alone:
   same audio window, because frames and model are the same;
 * ``EventDecoder`` smooths the posteriors (moving average over the last ``smoothing`` hops),
   applies the threshold, a minimum number of consecutive hops above it (patience), and a
-  refractory period, and turns runs of high scores into events. ``_silence_`` and ``_unknown_``
-  never fire.
+  refractory period, and turns runs of high scores into events, at most one per word.
+  ``_silence_`` and ``_unknown_`` never fire.
 
 An event is reported once its keyword's score falls back below the threshold (or the run reaches
-a window's length): every window in the run contains the word, so the word lies in the
-intersection of the first and last windows, which gives the event's start and end.
+a window's length). Its start and end are the speech around the run: the loud stretch of the first
+and last windows' frames (mean log-mel level) that overlaps the intersection of those windows. The
+intersection alone is often too coarse: a model may keep firing while the word leaves the window.
 
 Windows are scored in batches (all the hops a pushed block completes) so a file runs fast; a live
 stream that pushes 10-100 ms at a time gets its scores as soon as each hop completes.
@@ -53,11 +54,55 @@ class Event:
 
 @dataclasses.dataclass
 class WindowScore:
-    """Posteriors of the window [start, end) seconds."""
+    """Posteriors of the window [start, end) seconds, and its frames' levels (mean log-mel, dB)."""
 
     start: float
     end: float
     probabilities: np.ndarray
+    levels: Optional[np.ndarray] = None
+    frame_seconds: float = 0.01  # hop between the frames of ``levels``
+    frame_offset: float = 0.016  # time of a frame's centre after its start
+
+
+def frame_levels(frames: np.ndarray, config: FrontendConfig) -> np.ndarray:
+    """Mean log-mel level (dB) of each frame ``[..., frames, features]``: MFCC c0 is that level
+    times sqrt(n_mels) under the orthonormal DCT."""
+    if config.kind == "mfcc":
+        return frames[..., 0] / math.sqrt(config.n_mels)
+    return frames.mean(axis=-1)
+
+
+def speech_extent(
+    first: WindowScore, last: WindowScore, around: tuple[float, float], max_gap: float = 0.15
+) -> Optional[tuple[float, float]]:
+    """The loud stretch of the frames of windows ``first`` to ``last`` that best overlaps
+    ``around`` (or lies nearest to it); None without levels.
+
+    Loud: above the midpoint between the 10th-percentile level (the floor) and the peak, with
+    quieter gaps up to ``max_gap`` seconds (stop closures inside a word) bridged.
+    """
+    if first.levels is None or last.levels is None:
+        return None
+    step, offset = first.frame_seconds, first.frame_offset
+    times = first.start + offset + step * np.arange(len(first.levels))
+    later = last.start + offset + step * np.arange(len(last.levels))
+    keep = later > times[-1] + step / 2
+    times = np.concatenate([times, later[keep]])
+    levels = np.concatenate([first.levels, last.levels[keep]])
+    floor, peak = np.percentile(levels, 10), levels.max()
+    loud = np.flatnonzero(levels >= floor + 0.5 * (peak - floor))
+    if peak - floor < 6.0 or len(loud) == 0:  # no clear speech above the background
+        return None
+    breaks = np.flatnonzero(np.diff(times[loud]) > max_gap + step / 2)
+    starts = np.concatenate([[0], breaks + 1])
+    ends = np.concatenate([breaks, [len(loud) - 1]])
+    spans = [(times[loud[a]] - step / 2, times[loud[b]] + step / 2) for a, b in zip(starts, ends)]
+
+    def fit(span: tuple[float, float]) -> tuple[float, float]:
+        overlap = min(span[1], around[1]) - max(span[0], around[0])
+        return (overlap, -abs((span[0] + span[1]) / 2 - (around[0] + around[1]) / 2))
+
+    return max(spans, key=fit)
 
 
 class Scorer(Protocol):
@@ -157,9 +202,14 @@ class WindowScorer:
                 firsts.append(first)
         if not windows:
             return []
-        probabilities = self.scorer.probabilities(np.stack(windows))
+        batch = np.stack(windows)
+        probabilities = self.scorer.probabilities(batch)
+        levels = frame_levels(batch, self.config)
+        frame_seconds = self.config.hop_length / self.config.sample_rate
+        offset = self.config.n_fft / 2 / self.config.sample_rate
         return [
-            WindowScore(*self.window_bounds(first), p) for first, p in zip(firsts, probabilities)
+            WindowScore(*self.window_bounds(first), p, level, frame_seconds, offset)
+            for first, p, level in zip(firsts, probabilities, levels)
         ]
 
 
@@ -194,9 +244,11 @@ class EventDecoder:
         self.window_seconds = window_seconds
         # A moving average over k hops lags the windows it averages by (k - 1) / 2 hops.
         self.lag = (config.smoothing - 1) / 2 * hop_seconds
+        self.reach = (config.smoothing - 1) * hop_seconds  # the oldest window in the average
         self.recent: deque[np.ndarray] = deque(maxlen=config.smoothing)
         self.run: Optional[dict[str, Any]] = None  # the current run of high scores
         self.quiet_until = -math.inf
+        self.pending: Optional[Event] = None  # an event that a later run may still replace
 
     def smoothed(self, probabilities: np.ndarray) -> np.ndarray:
         self.recent.append(probabilities)
@@ -204,6 +256,13 @@ class EventDecoder:
 
     def push(self, score: WindowScore) -> list[Event]:
         events: list[Event] = []
+        if (
+            self.pending is not None
+            and self.run is None
+            and score.start - self.reach >= self.pending.end
+        ):
+            events.append(self.pending)  # no later run can hold its speech: it is final
+            self.pending = None
         smoothed = self.smoothed(score.probabilities)
         masked = np.where(self.active, smoothed, -1.0)
         best = int(np.argmax(masked))
@@ -227,15 +286,34 @@ class EventDecoder:
         if run is None or run["count"] < self.config.patience:
             return []
         first, last = run["first"], run["last"]
-        # Every window of the run holds the word: it lies in [last.start, first.end].
+        # The windows of the run (shifted back by the smoothing lag) hold the word, so it lies
+        # near [last.start, first.end]; the loud frames around that say where exactly.
         start, end = sorted((last.start - self.lag, first.end - self.lag))
-        start = max(0.0, start)
         self.quiet_until = end + self.lag + self.config.refractory
-        return [Event(self.labels[run["label"]], start, end, run["peak"])]
+        speech = speech_extent(first, last, (start, end))
+        if speech is None:  # no speech span to compare with later runs: final now
+            return [Event(self.labels[run["label"]], max(0.0, start), end, run["peak"])]
+        event = Event(self.labels[run["label"]], max(0.0, speech[0]), speech[1], run["peak"])
+        # One word, one event: a later run on the same speech (a word's tail scored as another
+        # keyword) competes with it, and the one that covers more of the speech wins (then the
+        # higher peak). So an event with a speech span waits until no later run can hold that
+        # speech.
+        pending, self.pending = self.pending, event
+        if pending is None:
+            return []
+        overlap = min(event.end, pending.end) - max(event.start, pending.start)
+        if overlap > 0.5 * min(event.end - event.start, pending.end - pending.start):
+            self.pending = max(pending, event, key=lambda e: (round(e.end - e.start, 3), e.score))
+            return []
+        return [pending]
 
     def flush(self) -> list[Event]:
-        """End of stream: report a run still open."""
-        return self._close()
+        """End of stream: report a run still open, and any event still waiting."""
+        events = self._close()
+        if self.pending is not None:
+            events.append(self.pending)
+            self.pending = None
+        return events
 
 
 class KeywordDetector:

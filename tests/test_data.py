@@ -167,6 +167,17 @@ def test_data_stats_cli(tiny_corpus):
     assert missing.exit_code == 1 and "no such data folder" in missing.output
 
 
+def test_speech_span_of_a_quiet_word_over_a_noise_floor():
+    from kws_ghost.data import speech_span
+
+    rng = np.random.default_rng(0)
+    audio = 0.002 * rng.standard_normal(16000)  # floor about 24 dB under the word
+    audio[5000:9000] += 0.03 * np.sin(2 * np.pi * 300 * np.arange(4000) / 16000)
+    lo, hi = speech_span(audio, 16000)
+    assert abs(lo - 5000) <= 160 and abs(hi - 9000) <= 160
+    assert speech_span(np.zeros(16000), 16000) == (0, 16000)
+
+
 def test_word_fragments_become_unknown_examples(tiny_corpus):
     from kws_ghost.config import AugmentConfig as Augment
     from kws_ghost.data import speech_span, word_fragment

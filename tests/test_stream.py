@@ -110,6 +110,40 @@ def test_decoder_turns_a_run_into_one_event_with_the_word_span():
     assert event.start == pytest.approx(0.6) and event.end == pytest.approx(1.3)
 
 
+def test_event_snaps_to_the_loud_frames_around_the_run():
+    # A word at 1.20-1.50 s (40 dB over the floor) and another, louder, at 0.10-0.30 s; the
+    # model fires on windows starting at 0.6-0.9 s, which all hold the first word's frames.
+    def levels(start: float) -> np.ndarray:
+        t = start + 0.016 + 0.01 * np.arange(97)
+        loud = ((t >= 1.2) & (t < 1.5)) | ((t >= 0.1) & (t < 0.3))
+        return np.where(loud, -20.0, -60.0) + np.where((t >= 1.32) & (t < 1.38), -45.0, 0.0)
+
+    low, yes = [0.9, 0.1, 0, 0], [0.0, 0.1, 0.9, 0]
+    rows = [low] * 6 + [yes] * 4 + [low] * 3
+    scores = [
+        WindowScore(0.1 * i, 0.1 * i + 1.0, np.asarray(p, float), levels(0.1 * i))
+        for i, p in enumerate(rows)
+    ]
+    config = DetectorConfig(smoothing=1, patience=1, refractory=0.0)
+    (event,) = decode_scores(scores, LABELS, config, 1.0)
+    # the loud stretch that overlaps the windows' intersection [0.9, 1.6], with the 60 ms dip
+    # inside the word bridged; not the other word
+    assert event.start == pytest.approx(1.2, abs=0.011) and event.end == pytest.approx(
+        1.5, abs=0.011
+    )
+    # a second run, as another keyword, on the same word's frames is not a second event
+    no = [0.0, 0.1, 0.0, 0.9]
+    rows = [low] * 6 + [yes] * 4 + [no] * 2 + [low] * 3
+    scores = [
+        WindowScore(0.1 * i, 0.1 * i + 1.0, np.asarray(p, float), levels(0.1 * i))
+        for i, p in enumerate(rows)
+    ]
+    assert [e.keyword for e in decode_scores(scores, LABELS, config, 1.0)] == ["yes"]
+    flat = [WindowScore(s.start, s.end, s.probabilities, np.full(97, -50.0)) for s in scores]
+    event = decode_scores(flat, LABELS, config, 1.0)[0]
+    assert (event.start, event.end) == pytest.approx((0.9, 1.6))  # nothing loud: the intersection
+
+
 def test_decoder_patience_threshold_refractory_and_filters():
     low, yes, no = [0.9, 0.1, 0, 0], [0, 0.1, 0.9, 0], [0, 0.1, 0, 0.9]
     assert run_decoder([low, yes, low], patience=2) == []
