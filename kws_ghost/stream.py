@@ -292,7 +292,9 @@ class EventDecoder:
         self.quiet_until = end + self.lag + self.config.refractory
         speech = speech_extent(first, last, (start, end))
         if speech is None:  # no speech span to compare with later runs: final now
-            return [Event(self.labels[run["label"]], max(0.0, start), end, run["peak"])]
+            event = Event(self.labels[run["label"]], max(0.0, start), end, run["peak"])
+            pending, self.pending = self.pending, None
+            return [pending, event] if pending is not None else [event]
         event = Event(self.labels[run["label"]], max(0.0, speech[0]), speech[1], run["peak"])
         # One word, one event: a later run on the same speech (a word's tail scored as another
         # keyword) competes with it, and the one that covers more of the speech wins (then the

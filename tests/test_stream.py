@@ -139,6 +139,10 @@ def test_event_snaps_to_the_loud_frames_around_the_run():
         for i, p in enumerate(rows)
     ]
     assert [e.keyword for e in decode_scores(scores, LABELS, config, 1.0)] == ["yes"]
+    # an event still waiting goes out before a later one that is final at once
+    later = [WindowScore(2.0 + 0.1 * i, 3.0 + 0.1 * i, np.asarray(no, float)) for i in range(2)]
+    events = decode_scores(scores[:10] + later, LABELS, config, 1.0)
+    assert [e.keyword for e in events] == ["yes", "no"] and events[0].end < events[1].start
     flat = [WindowScore(s.start, s.end, s.probabilities, np.full(97, -50.0)) for s in scores]
     event = decode_scores(flat, LABELS, config, 1.0)[0]
     assert (event.start, event.end) == pytest.approx((0.9, 1.6))  # nothing loud: the intersection
