@@ -13,16 +13,16 @@ step "1. What GhostGRU saves against a GRU of the same width" \
 kws-ghost profile --model ghost-gru --hidden 128 --ratio 2 --compare
 
 step "2. Synthesise a keyword corpus (espeak-ng voices; yes/no/up/down + other words)" \
-     "kws-ghost synth --words yes,no,up,down,cat,house --voices 30 --out $OUT/corpus --force"
-kws-ghost synth --words yes,no,up,down,cat,house --voices 30 --out "$OUT/corpus" --force --json \
-  > "$OUT/synth.json"
+     "kws-ghost synth --words yes,no,up,down,cat,house --voices 90 --clips-per-voice 2 ..."
+kws-ghost synth --words yes,no,up,down,cat,house --voices 90 --clips-per-voice 2 \
+  --test-fraction 0.2 --out "$OUT/corpus" --force --json > "$OUT/synth.json"
 kws-ghost data-stats "$OUT/corpus" --keywords yes,no,up,down
 
 step "3. Train a small GhostGRU (held-out synthetic speakers for validation and test)" \
      "kws-ghost train --data $OUT/corpus --keywords yes,no,up,down --hidden 96 --layers 1 ..."
 rm -rf "$OUT/run"
 kws-ghost train --data "$OUT/corpus" --keywords yes,no,up,down --hidden 96 --layers 1 \
-  --dropout 0.1 --epochs 40 --batch-size 16 --lr 0.003 --fragment-negatives 0.05 --out "$OUT/run" \
+  --dropout 0.1 --epochs 30 --batch-size 16 --lr 0.003 --fragment-negatives 0.05 --out "$OUT/run" \
   --quiet
 
 step "4. Evaluate on the test speakers" \
