@@ -146,13 +146,13 @@ def ghost_gru_step(
 ) -> tuple[Tensor, Tensor]:
     """One GhostGRU frame: x [B, D], intrinsic h [B, m] -> (y = [h' ; phi(h')], h')."""
     m = h.shape[1]
-    y = torch.cat([h, _activate(torch.addmm(ghost_b, h, ghost_w.t()), activation)], 1)
+    y = _full_state(h, ghost_w, ghost_b, activation)
     gi = torch.addmm(b_ih, x, w_ih.t())
     gh = torch.addmm(b_hh, y, w_hh.t())
     rz = torch.sigmoid(gi[:, : 2 * m] + gh[:, : 2 * m])
     n = torch.tanh(torch.addcmul(gi[:, 2 * m :], rz[:, :m], gh[:, 2 * m :]))
     h = torch.lerp(n, h, rz[:, m:])
-    return torch.cat([h, _activate(torch.addmm(ghost_b, h, ghost_w.t()), activation)], 1), h
+    return _full_state(h, ghost_w, ghost_b, activation), h
 
 
 def ghost_lstm_step(
@@ -169,12 +169,12 @@ def ghost_lstm_step(
     """One GhostLSTM frame: x [B, D], state [B, 2m] = [h ; c] -> (y = [h' ; phi(h')], [h' ; c'])."""
     m = state.shape[1] // 2
     h, c = state[:, :m], state[:, m:]
-    y = torch.cat([h, _activate(torch.addmm(ghost_b, h, ghost_w.t()), activation)], 1)
+    y = _full_state(h, ghost_w, ghost_b, activation)
     gates = torch.addmm(b_ih, x, w_ih.t()) + torch.addmm(b_hh, y, w_hh.t())
     i, f, g, o = gates.chunk(4, 1)
     c = torch.addcmul(torch.sigmoid(f) * c, torch.sigmoid(i), torch.tanh(g))
     h = torch.sigmoid(o) * torch.tanh(c)
-    y = torch.cat([h, _activate(torch.addmm(ghost_b, h, ghost_w.t()), activation)], 1)
+    y = _full_state(h, ghost_w, ghost_b, activation)
     return y, torch.cat([h, c], 1)
 
 
