@@ -11,10 +11,12 @@ Three explicit stages, each usable alone:
   refractory period, and turns runs of high scores into events, at most one per word.
   ``_silence_`` and ``_unknown_`` never fire.
 
-An event is reported once its keyword's score falls back below the threshold (or the run reaches
-a window's length). Its start and end are the speech around the run: the loud stretch of the first
-and last windows' frames (mean log-mel level) that overlaps the intersection of those windows. The
-intersection alone is often too coarse: a model may keep firing while the word leaves the window.
+A run of high scores ends when its keyword's score falls back below the threshold (or the run
+reaches a window's length). Its event spans the speech around the run: the loud stretch of the
+first and last windows' frames (mean log-mel level) that overlaps the intersection of those
+windows. The intersection alone is often too coarse: a model may keep firing while the word leaves
+the window. The event is given out once no later run can reach that speech (about 1.2 s after the
+word with the defaults), so that a word's tail scored as another keyword cannot add a second one.
 
 Windows are scored in batches (all the hops a pushed block completes) so a file runs fast; a live
 stream that pushes 10-100 ms at a time gets its scores as soon as each hop completes.
