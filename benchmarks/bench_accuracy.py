@@ -1,7 +1,7 @@
 """GhostGRU vs GRU baselines, same recipe and seed, on synthetic and real speech.
 
     python benchmarks/bench_accuracy.py [--real-dev ../shared/data/speech-commands-real-dev.tar.xz]
-        [--epochs 60] [--synth-epochs 30] [--out benchmarks/results/accuracy]
+        [--epochs 60] [--synth-epochs 20] [--out benchmarks/results/accuracy]
 
 Models: GhostGRU (H 128, s 2), the GRU of the same width, and the GRU with about the same number
 of parameters, each 2 layers, trained with `kws-ghost train`'s default recipe (gsc12 task).
@@ -111,7 +111,7 @@ def main() -> None:
     )
     parser.add_argument("--cache", type=Path, default=Path("data"))
     parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--synth-epochs", type=int, default=30)
+    parser.add_argument("--synth-epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["synth", "real"], help="Run one corpus only.")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/accuracy"))
