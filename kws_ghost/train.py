@@ -259,9 +259,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         self.start_epoch = int(state["epoch"])
-        self.best_accuracy = float(state["best_accuracy"])
-        self.best_loss = float(state.get("best_loss", float("inf")))
         self.history = list(state["history"])
+        self.best_accuracy, self.best_loss = best_so_far(self.history)
         self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}")
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -463,8 +462,6 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": torch.get_rng_state(),
-            "best_accuracy": self.best_accuracy,
-            "best_loss": self.best_loss,
             "history": self.history,
         }
         save_checkpoint(
@@ -487,6 +484,17 @@ def is_better(accuracy: float, loss: float, best_accuracy: float, best_loss: flo
     accuracy at a lower loss. A small validation set often scores several epochs the same, and the
     first of them (taken alone) generalised worse to held-out speakers than the lower-loss one."""
     return accuracy > best_accuracy or (accuracy == best_accuracy and loss < best_loss)
+
+
+def best_so_far(history: list[dict[str, Any]]) -> tuple[float, float]:
+    """Validation accuracy and loss of the best epoch in ``history`` (-1, inf: none validated)."""
+    best = (-1.0, float("inf"))
+    for record in history:
+        if "val_accuracy" in record and is_better(
+            record["val_accuracy"], record["val_loss"], *best
+        ):
+            best = (record["val_accuracy"], record["val_loss"])
+    return best
 
 
 def _summary(record: dict[str, Any], epochs: int) -> str:

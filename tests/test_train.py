@@ -66,12 +66,20 @@ def test_run_folder_holds_config_metrics_and_checkpoints(trained_run):
 
 
 def test_best_checkpoint_breaks_accuracy_ties_by_loss():
-    from kws_ghost.train import is_better
+    from kws_ghost.train import best_so_far, is_better
 
     assert is_better(0.9, 0.5, 0.8, 0.1)
     assert is_better(0.9, 0.2, 0.9, 0.3)
     assert not is_better(0.9, 0.3, 0.9, 0.3)
     assert not is_better(0.8, 0.1, 0.9, 0.3)
+    history = [
+        {"val_accuracy": 0.8, "val_loss": 0.5},
+        {"val_accuracy": 0.9, "val_loss": 0.4},
+        {"val_accuracy": 0.9, "val_loss": 0.3},
+        {"val_accuracy": 0.9, "val_loss": 0.35},
+    ]
+    assert best_so_far(history) == (0.9, 0.3)
+    assert best_so_far([{"train_loss": 1.0}]) == (-1.0, float("inf"))
 
 
 def test_eval_plot_and_text(trained_run, tmp_path):
@@ -112,6 +120,9 @@ def test_resume_continues_exactly(tiny_corpus, tmp_path):
     )
     for name in whole:
         assert torch.allclose(whole[name], parts[name], atol=1e-6), name
+    # the resumed run knows the best epoch so far: best.pt is the same epoch as without the break
+    best = [load_checkpoint(tmp_path / d / "best.pt").extra["epoch"] for d in ("whole", "parts")]
+    assert best[0] == best[1]
 
 
 def test_sigkill_loses_at_most_the_epoch_in_progress(tiny_corpus, tmp_path):
