@@ -136,8 +136,9 @@ def plot_report(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kws_ghost.fileio import atomic_path
+    from kws_ghost.fileio import atomic_path, check_png_output
 
+    check_png_output(path)
     layers: Sequence[dict[str, Any]] = report["layers"]
     fig, axes = plt.subplots(1, 1 + len(layers), figsize=(4.2 * (1 + len(layers)), 4))
     curve = axes[0]

@@ -2,8 +2,10 @@
 
 Each command lives in its own module under ``kws_ghost.cli`` and imports torch (and other heavy
 libraries) inside the command, so ``kws-ghost --help`` stays fast. Errors: a ``KwsError`` becomes
-one line on stderr and exit status 1; anything unexpected is reported the same way (set
-``KWS_GHOST_DEBUG=1`` for the traceback).
+one line on stderr, ``error: ...``, and exit status 1; a bad option or argument becomes one such
+line too (exit status 2, as Click gives it); anything unexpected is reported the same way (set
+``KWS_GHOST_DEBUG=1`` for the traceback). Every message on stderr starts with ``error: ``,
+``warning: `` or ``note: ``.
 """
 
 from __future__ import annotations
@@ -43,8 +45,32 @@ def _module_exists(name: str) -> bool:
         return False
 
 
+# Click >= 8.2 signals plain `kws-ghost` (help text, exit 2) with this usage error: leave it be.
+_NO_ARGS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _usage_error(ctx: click.Context, exc: click.UsageError) -> None:
+    """Click's "Usage: ... Error: ..." block as one line, ``error: ...``; exits."""
+    where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+    click.echo(f"error: {_one_line(exc.format_message())} (see '{where} --help')", err=True)
+    ctx.exit(exc.exit_code)
+
+
 class KwsGroup(click.Group):
     """Loads commands lazily and turns errors into one line on stderr."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except _NO_ARGS_HELP:
+            raise  # plain `kws-ghost`: the help text, as Click shows it
+        except click.UsageError as exc:
+            _usage_error(ctx, exc)
+            raise  # not reached: ctx.exit raises
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(n for n, t in COMMANDS.items() if _module_exists(t.split(":")[0]))
@@ -59,13 +85,17 @@ class KwsGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except _NO_ARGS_HELP:
+            raise
+        except click.UsageError as exc:
+            _usage_error(ctx, exc)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except KwsError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {_one_line(exc)}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            click.echo("error: interrupted", err=True)
             ctx.exit(130)
         except BrokenPipeError:
             # The reader went away (e.g. `| head`): stop quietly.
@@ -75,7 +105,8 @@ class KwsGroup(click.Group):
             if os.environ.get("KWS_GHOST_DEBUG"):
                 raise
             click.echo(
-                f"error: {type(exc).__name__}: {exc} (set KWS_GHOST_DEBUG=1 for a traceback)",
+                f"error: {type(exc).__name__}: {_one_line(exc)} "
+                "(set KWS_GHOST_DEBUG=1 for a traceback)",
                 err=True,
             )
             ctx.exit(1)

@@ -41,7 +41,11 @@ def analyze(
     from kws_ghost.analyze import analyze_checkpoint, format_report, plot_report, public_report
     from kws_ghost.checkpoint import load_checkpoint
     from kws_ghost.errors import KwsError
+    from kws_ghost.fileio import check_png_output, refuse_overwriting_inputs
 
+    if plot:
+        check_png_output(plot, "--plot")
+        refuse_overwriting_inputs([plot], [checkpoint])
     if data is None:
         data = load_checkpoint(checkpoint).extra.get("train_config", {}).get("data")
         if not data:

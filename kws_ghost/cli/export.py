@@ -65,9 +65,20 @@ def export(
     returns clip `logits`. Labels, front-end settings, normalisation, pooling and the state
     layout are stored in both files' metadata. Needs `pip install kws-ghost[export]`.
     """
-    from kws_ghost.export import export_checkpoint
+    from pathlib import Path
 
-    result = export_checkpoint(
+    from kws_ghost import export as exporter
+    from kws_ghost.fileio import refuse_overwriting_inputs
+
+    # the files the exporter will write (step model, and the clip model beside it), checked
+    # against the input before any work: `export m.pt -o m.pt` must not replace the checkpoint
+    target = Path(out) if out is not None else Path(checkpoint).with_suffix(".onnx")
+    outputs = [target]
+    clip_path_for = getattr(exporter, "clip_path_for", None)
+    if clip_path_for is not None:
+        outputs.append(clip_path_for(target))
+    refuse_overwriting_inputs(outputs, [checkpoint])
+    result = exporter.export_checkpoint(
         checkpoint,
         out,
         fold=fold,
