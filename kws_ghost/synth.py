@@ -19,20 +19,22 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
+import sys
 import tempfile
 import threading
 import time
 import wave
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from kws_ghost.errors import KwsError
+from kws_ghost.fileio import check_replaceable, disk_error, make_work_folder, replace_folder
+from kws_ghost.progress import progress_enabled
 
 SAMPLE_RATE = 16000
 CLIP_SECONDS = 1.0
@@ -84,6 +86,8 @@ BACKGROUND_FILES = {
     "hum": "hum.wav",
     "babble": "babble.wav",
 }
+# In every corpus synth writes: --force replaces only a folder that holds it.
+SYNTH_MARKER = ".kws-ghost-synth"
 WORD_PATTERN = re.compile(r"^[a-z]+(?:[-_][a-z]+)*$")
 MAX_WORD_CHARS = 40
 
@@ -316,6 +320,10 @@ class Speaker:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _speaker_id(seed: int, index: int, attempt: int) -> str:
@@ -637,39 +645,19 @@ def split_speakers(
 
 
 def _prepare_out(out: Path, force: bool) -> Path:
-    """Check ``out`` and make the temporary folder beside it that becomes ``out`` at the end."""
+    """Check ``out`` and make the temporary folder beside it that becomes ``out`` at the end.
+
+    ``out`` may be replaced (with ``force``) only if an earlier synth wrote it: it holds
+    ``SYNTH_MARKER``, which every corpus gets from the start.
+    """
     if not out.name or out.name in (".", ".."):
         raise KwsError(f"--out {str(out)!r} must name a folder to create (e.g. data/my_words)")
-    if out.exists() and not out.is_dir():
-        raise KwsError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise KwsError(f"--out {out} exists and is not empty: choose another folder or add --force")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # mkdir (not mkdtemp, which makes it private) so the corpus gets the usual permissions
-        while True:
-            tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
-            try:
-                tmp.mkdir()
-                return tmp
-            except FileExistsError:
-                continue
-    except OSError as exc:
-        raise KwsError(f"cannot create --out {out}: {exc.strerror or exc}") from exc
-
-
-def _finish_out(tmp: Path, out: Path) -> None:
-    """Put the finished corpus in place; a replaced corpus is removed only afterwards."""
-    old: Optional[Path] = None
-    if out.is_dir():
-        if any(out.iterdir()):
-            old = out.parent / f".{out.name}.{secrets.token_hex(4)}.old"
-            out.rename(old)
-        else:
-            out.rmdir()
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    if check_replaceable(out, SYNTH_MARKER) and not force:
+        raise KwsError(
+            f"--out {out} holds an earlier synth corpus: add --force to replace it, "
+            "or choose another folder"
+        )
+    return make_work_folder(out, "synth", SYNTH_MARKER)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -719,13 +707,17 @@ def synthesize_corpus(
     background_seconds: float = 20.0,
     progress: Optional[bool] = None,
     workers: int = 1,
+    warn: Optional[Callable[[str], None]] = None,
 ) -> SynthSummary:
     """Write a Speech Commands-layout corpus of ``words`` said by ``voices`` synthetic speakers.
 
     ``out/WORD/SPEAKERID_nohash_N.wav`` (1 s, 16 kHz, mono, int16), ``validation_list.txt`` and
     ``testing_list.txt`` (speaker-disjoint), ``_background_noise_/*.wav`` and
     ``synth_manifest.json`` (speakers and settings). Built beside ``out`` and renamed at the end.
-    ``progress``: tqdm's ``disable`` is ``not progress`` (None: only on a terminal). ``workers``:
+    ``out`` must be absent, empty, or (with ``force``) an earlier synth corpus (it holds
+    ``SYNTH_MARKER``); anything else is refused. ``progress``: draw a bar (None: only on a
+    terminal, see ``kws_ghost.progress``). ``warn``: gets the one-line warnings (default: stderr),
+    e.g. when a held-out split gets no speakers. ``workers``:
     processes (each with its own espeak-ng, started with "spawn", so a calling script needs the
     ``if __name__ == "__main__":`` guard); 0 picks one per core for corpora of 1000 clips or more.
     The bytes written do not depend on it.
@@ -739,11 +731,21 @@ def synthesize_corpus(
     out_path = Path(out)
     speakers = make_speakers(voices, seed)
     assignment = split_speakers([s.speaker_id for s in speakers], val_fraction, test_fraction, seed)
+    empty = [
+        split
+        for split, fraction in (("validation", val_fraction), ("testing", test_fraction))
+        if fraction > 0 and split not in assignment.values()
+    ]
     tmp = _prepare_out(out_path, force)
     try:
+        if empty:
+            (warn or _stderr)(
+                f"warning: --voices {voices} leaves {' and '.join(empty)} without speakers "
+                "(held-out splits need 3 or more voices): every clip goes to training"
+            )
         lists: dict[str, list[str]] = {"training": [], "validation": [], "testing": []}
         total = len(words) * len(speakers) * clips_per_voice
-        disable = None if progress is None else not progress
+        disable = not progress_enabled(progress)
         for word in words:
             (tmp / word).mkdir()
         jobs = [
@@ -791,7 +793,10 @@ def synthesize_corpus(
             "speakers": [dict(s.to_dict(), split=assignment[s.speaker_id]) for s in speakers],
         }
         (tmp / "synth_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _finish_out(tmp, out_path)
+        replace_folder(tmp, out_path, SYNTH_MARKER)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise disk_error(out_path, exc) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

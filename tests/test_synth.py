@@ -49,6 +49,7 @@ def frame_rms_db(audio: np.ndarray, frame: int = 160) -> np.ndarray:
 def test_corpus_layout_and_clips(corpus):
     out, summary = corpus
     assert sorted(p.name for p in out.iterdir()) == [
+        synth.SYNTH_MARKER,
         "_background_noise_",
         "no",
         "synth_manifest.json",
@@ -280,19 +281,97 @@ def test_cli_json_summary(tmp_path, espeak):
     assert [p.name for p in tmp_path.iterdir()] == ["cli"]
 
 
-def test_non_empty_out_needs_force(tmp_path, espeak):
+SMALL = ["synth", "--words", "go", "--voices", "1", "--clips-per-voice", "1"]
+
+
+def run_synth(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "kws_ghost", *SMALL, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
+
+
+def assert_one_line_error(result, *needles: str) -> None:
+    assert result.returncode == 1, result.stderr
+    message = result.stderr.strip()
+    assert message.startswith("error: ") and "\n" not in message, message
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_force_replaces_an_earlier_synth_corpus(tmp_path, espeak):
+    out = tmp_path / "corpus"
+    first = CliRunner().invoke(main, [*SMALL, "--out", str(out), "--seed", "1"])
+    assert first.exit_code == 0, first.output
+    assert (out / synth.SYNTH_MARKER).is_file()
+    old = sorted(p.name for p in (out / "go").iterdir())
+    again = CliRunner().invoke(main, [*SMALL, "--out", str(out), "--seed", "2"])
+    assert again.exit_code == 1 and "earlier synth corpus" in again.output
+    assert "--force" in again.output
+    replaced = CliRunner().invoke(main, [*SMALL, "--out", str(out), "--seed", "2", "--force"])
+    assert replaced.exit_code == 0, replaced.output
+    new = sorted(p.name for p in (out / "go").iterdir())
+    assert len(new) == 1 and new != old  # seed 2's speaker, not seed 1's
+    assert (out / synth.SYNTH_MARKER).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]  # old one removed
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_folder_synth_did_not_write_is_never_replaced(tmp_path, force):
     out = tmp_path / "corpus"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    args = ["synth", "--words", "go", "--voices", "1", "--clips-per-voice", "1", "--out", str(out)]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 1
-    assert "not empty" in result.output and "--force" in result.output
+    result = run_synth("--out", str(out), *(["--force"] if force else []))
+    assert_one_line_error(result, str(out), synth.SYNTH_MARKER, "did not write")
     assert (out / "keep.txt").read_text() == "precious"
-    result = CliRunner().invoke(main, args + ["--force"])
-    assert result.exit_code == 0, result.output
-    assert not (out / "keep.txt").exists() and len(list((out / "go").iterdir())) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
+
+
+@pytest.mark.parametrize("marked", [False, True])
+def test_the_current_folder_and_its_parents_are_refused(tmp_path, marked):
+    here = tmp_path / "work"
+    (here / "sub").mkdir(parents=True)
+    (here / "notes.txt").write_text("precious")
+    if marked:  # even an earlier corpus is not replaced while someone stands in it
+        (here / synth.SYNTH_MARKER).write_text("{}")
+    for out, cwd in ((str(here), here), (".", here), (str(here), here / "sub")):
+        result = run_synth("--voices", "2", "--out", out, "--force", cwd=cwd)
+        assert result.returncode == 1 and result.stderr.startswith("error: "), result.stderr
+        assert result.stderr.strip().count("\n") == 0, result.stderr
+        assert (here / "notes.txt").read_text() == "precious"
+        assert (here / "sub").is_dir()
+    assert "current folder" in run_synth("--out", str(here), "--force", cwd=here).stderr
+    assert "above the current" in run_synth("--out", str(here), cwd=here / "sub").stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+
+
+def test_an_empty_current_folder_is_refused_too(tmp_path):
+    result = run_synth("--out", str(tmp_path), cwd=tmp_path)
+    assert_one_line_error(result, "current folder")
+    assert tmp_path.is_dir() and list(tmp_path.iterdir()) == []
+
+
+def test_few_voices_warn_that_held_out_splits_are_empty(tmp_path, espeak):
+    result = run_synth("--voices", "2", "--out", str(tmp_path / "c"))
+    assert result.returncode == 0, result.stderr
+    warning = result.stderr.strip()
+    assert warning.startswith("warning: ") and "\n" not in warning, warning
+    assert "validation and testing" in warning and "--voices 2" in warning
+    assert (tmp_path / "c" / "validation_list.txt").read_text() == ""
+    # enough voices, or splits that were asked to be empty: no warning
+    quiet = run_synth("--voices", "3", "--out", str(tmp_path / "d"))
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    zero = run_synth("--out", str(tmp_path / "e"), "--val-fraction", "0", "--test-fraction", "0")
+    assert zero.returncode == 0 and zero.stderr == "", zero.stderr
+
+
+def test_no_progress_bar_in_a_log(tmp_path, espeak):
+    """stderr is a file here (not a terminal): no \\r bar lines end up in it."""
+    result = run_synth("--voices", "3", "--out", str(tmp_path / "c"))
+    assert result.returncode == 0 and "\r" not in result.stderr and "clip/s" not in result.stderr
 
 
 def test_failure_leaves_nothing_behind(tmp_path, monkeypatch, espeak):

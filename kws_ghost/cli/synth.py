@@ -57,7 +57,12 @@ from kws_ghost.cli.options import json_option
     show_default=True,
     help="Processes; 0 = one per core for 1000 clips or more, else in-line. Same bytes either way.",
 )
-@click.option("--force", is_flag=True, help="Replace --out even if it is not empty.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace --out if an earlier synth wrote it (it holds .kws-ghost-synth); any other "
+    "folder that is not empty is refused.",
+)
 @json_option
 def synth(
     words: str,
@@ -76,6 +81,7 @@ def synth(
     Each clip is 1 s of 16 kHz mono int16 audio with the word at a random offset and gain over a
     low noise floor; validation and test lists hold whole speakers. Needs no network.
     """
+    from kws_ghost.progress import progress_enabled
     from kws_ghost.synth import parse_words, synthesize_corpus
 
     summary = synthesize_corpus(
@@ -88,6 +94,7 @@ def synth(
         test_fraction=test_fraction,
         force=force,
         workers=workers,
+        progress=progress_enabled(None, as_json),
     )
     if as_json:
         from kws_ghost.cli import echo_json
