@@ -9,13 +9,18 @@ The steps, and why each exists:
    URL is never continued, and ``If-Range`` makes a changed file restart from zero.
 3. Check the sha256 *before* extracting: a wrong checksum deletes the downloaded archive and leaves
    no dataset folder.
-4. Extract into a hidden temporary folder beside the destination, refusing absolute paths, ``..``,
+4. Sum the members' sizes from the tar headers and check the free space before unpacking (and
+   again as the files go out): a full disk stops the run cleanly, with the archive kept.
+5. Extract into a hidden temporary folder beside the destination, refusing absolute paths, ``..``,
    links that lead outside, writes through links, and device files / fifos (our own checks; the
-   ``data`` tar filter of Python >= 3.11.4 is used as well where it exists).
-5. Write the done marker inside the temporary folder, then rename the folder into place: the
-   dataset appears whole or not at all, and leftovers of a crashed run are removed by the next run.
+   ``data`` tar filter is used as well where Python has it).
+6. Write the done marker inside the temporary folder, then rename the folder into place: the
+   dataset appears whole or not at all, and leftovers of a crashed run (which hold
+   ``.kws-ghost-partial``) are removed by the next run. A folder without our markers is never
+   deleted or replaced.
 
-Only the standard library (urllib, tarfile, hashlib) and tqdm are used.
+The standard library (urllib, tarfile, hashlib), tqdm and filelock (the lock against two runs
+into one folder) are used.
 """
 
 from __future__ import annotations
@@ -24,14 +29,12 @@ import contextlib
 import copy
 import dataclasses
 import datetime
-import errno
 import gzip
 import hashlib
 import http.client
 import json
 import os
 import re
-import secrets
 import shutil
 import socket
 import ssl
@@ -48,14 +51,25 @@ from typing import IO, Any, Optional, Union
 
 from kws_ghost import __version__
 from kws_ghost.errors import KwsError
+from kws_ghost.fileio import (
+    check_not_cwd,
+    disk_error,
+    make_work_folder,
+    owned_by,
+    replace_folder,
+    write_marker,
+)
+from kws_ghost.progress import progress_enabled
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 BASE_URL = "http://download.tensorflow.org/data/"
-MARKER_NAME = ".kws-ghost-complete"
+MARKER_NAME = ".kws-ghost-complete"  # in a finished download: it is ours, and whole
+PARTIAL_MARKER = ".kws-ghost-partial"  # in a folder being unpacked (a crashed run's leftover)
 CHUNK_BYTES = 1 << 20
 DEFAULT_TIMEOUT_S = 30.0
-# the `data` filter (Python >= 3.11.4, 3.12) as a second line of defence behind our own checks
+# the `data` filter (Python >= 3.12, backported to 3.8.17+, 3.9.17+, 3.10.12+ and 3.11.4+) as a
+# second line of defence behind our own checks
 _TAR_FILTER: Optional[str] = "data" if hasattr(tarfile, "data_filter") else None
 _FILTER_ERRORS: Any = getattr(tarfile, "FilterError", ())
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -126,8 +140,9 @@ class DownloadResult:
     sha256: Optional[str]  # of the archive as received
     expected_sha256: Optional[str]
     verified: bool  # sha256 compared with a known or given checksum, and equal
-    bytes: int
+    bytes: int  # of the archive
     files: int
+    unpacked_bytes: Optional[int] = None  # of the files unpacked (None: an older marker)
     already_present: bool = False
     resumed: bool = False  # continued a partial download with an HTTP Range request
     completed_at: Optional[str] = None
@@ -152,7 +167,7 @@ def download_dataset(
     url: str,
     dest: PathLike,
     sha256: Optional[str] = None,
-    progress: bool = True,
+    progress: Optional[bool] = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     retries: int = 3,
     retry_wait: float = 2.0,
@@ -161,10 +176,14 @@ def download_dataset(
 
     ``sha256``: expected checksum; when None the published one is used for official URLs, otherwise
     the archive is unpacked unverified (``result.verified`` is False). ``retries``: how many times
-    a transfer that was making progress and then broke is resumed before giving up. Raises
-    ``KwsError`` with one line for every failure; ``dest`` then does not exist (or is untouched).
+    a transfer that was making progress and then broke is resumed before giving up.
+    ``progress``: draw progress bars (None: only on a terminal). Raises ``KwsError`` with one line
+    for every failure; ``dest`` then does not exist (or is untouched). ``dest`` must be absent, an
+    empty folder, or an earlier download of the same archive (then nothing is done).
     """
     dest = Path(dest).expanduser()
+    if not dest.name or dest.name in (".", ".."):
+        raise KwsError(f"--dest {str(dest)!r} must name a folder to create (e.g. data/gsc)")
     expected = normalize_sha256(sha256) if sha256 else known_sha256(url)
     source = _local_source(url)
     if source is not None:
@@ -172,6 +191,7 @@ def download_dataset(
     present = _already_present(dest, url, expected)
     if present is not None:
         return present
+    check_not_cwd(dest, "--dest")  # an empty current folder would be replaced
     _make_parent(dest)
     with _lock(dest):
         present = _already_present(dest, url, expected)
@@ -191,7 +211,9 @@ def download_dataset(
                 f"(or check --url / --sha256)"
             )
         try:
-            files = _extract_into_place(part, dest, url, actual, expected, fetch.total, progress)
+            files, unpacked = _extract_into_place(
+                part, dest, url, actual, expected, fetch.total, progress
+            )
         except _BadArchive as exc:
             _remove_quietly(part, meta)
             raise KwsError(f"{exc}; deleted the downloaded archive {part}") from None
@@ -204,6 +226,7 @@ def download_dataset(
             verified=expected is not None,
             bytes=fetch.total,
             files=files,
+            unpacked_bytes=unpacked,
             resumed=fetch.resumed,
             completed_at=_read_marker(dest).get("completed_at"),
         )
@@ -233,7 +256,7 @@ def _already_present(dest: Path, url: str, expected: Optional[str]) -> Optional[
         return None
     if not dest.is_dir():
         raise KwsError(f"{dest} exists and is not a folder; choose another --dest")
-    if not _marker_path(dest).exists():
+    if not owned_by(dest, MARKER_NAME):
         with contextlib.suppress(OSError):
             if not any(dest.iterdir()):
                 return None  # an empty folder: ours to fill
@@ -256,6 +279,7 @@ def _already_present(dest: Path, url: str, expected: Optional[str]) -> Optional[
         verified=bool(marker.get("verified", False)),
         bytes=int(marker.get("bytes", 0)),
         files=int(marker.get("files", 0)),
+        unpacked_bytes=marker.get("unpacked_bytes"),
         already_present=True,
         completed_at=marker.get("completed_at"),
     )
@@ -272,52 +296,40 @@ def _make_parent(dest: Path) -> None:
 def _lock(dest: Path) -> Iterator[None]:
     """One download per destination at a time (two would write the same .part file).
 
-    The lock file is removed on the way out, whatever happened; a holder re-checks after locking
-    that the file it locked is still the one on disk, which makes that removal race-free.
+    A ``filelock`` lock file beside ``dest`` (fcntl on Unix, msvcrt on Windows). It is removed
+    while still held, once the work is done: a second run that opened it just before fails to
+    lock it, and one that comes later makes a fresh file and finds the download complete.
     """
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks here; carry on without
-        yield
-        return
+    import filelock
+
     lock_path = dest.with_name(f".{dest.name}.lock")
-    while True:
-        try:
-            handle = open(lock_path, "a+")
-        except OSError as exc:
-            raise KwsError(f"cannot create {lock_path}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise KwsError(
-                f"another kws-ghost download into {dest} is running (lock {lock_path}); "
-                f"wait for it to finish"
-            ) from None
-        try:
-            current = os.stat(lock_path)
-        except FileNotFoundError:
-            current = None
-        if current is not None and os.path.samestat(current, os.fstat(handle.fileno())):
-            break
-        handle.close()  # its holder removed it just before we locked it: take a fresh one
+    lock = filelock.FileLock(str(lock_path), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise KwsError(
+            f"another kws-ghost download into {dest} is running (lock {lock_path}); "
+            f"wait for it to finish"
+        ) from None
+    except OSError as exc:
+        raise KwsError(f"cannot create {lock_path}: {exc.strerror or exc}") from None
     try:
         yield
     finally:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # Windows cannot remove an open file; filelock does
             lock_path.unlink()
-        handle.close()
-
-
-def _temp_prefix(dest: Path) -> str:
-    return f".{dest.name}.extract-"
+        lock.release()
 
 
 def _clean_leftovers(dest: Path) -> None:
-    """Remove temporary extraction folders a crashed run left beside ``dest`` (we hold the lock)."""
-    for leftover in dest.parent.glob(_temp_prefix(dest) + "*"):
+    """Remove unpacking folders a crashed run left beside ``dest`` (we hold the lock).
+
+    Only folders that hold our marker: a look-alike name without one is someone else's.
+    """
+    for leftover in dest.parent.glob(f".{dest.name}.extract-*"):
         if leftover.is_dir() and not leftover.is_symlink():
-            shutil.rmtree(leftover, ignore_errors=True)
+            if owned_by(leftover, PARTIAL_MARKER) or owned_by(leftover, MARKER_NAME):
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _part_paths(dest: Path) -> tuple[Path, Path]:
@@ -373,7 +385,7 @@ def _from_local(
             f"checksum mismatch for {source}: expected sha256 {expected}, got {actual}; "
             f"the file was left as it is"
         )
-    files = _extract_into_place(source, dest, url, actual, expected, size, progress)
+    files, unpacked = _extract_into_place(source, dest, url, actual, expected, size, progress)
     return DownloadResult(
         dest=dest,
         url=url,
@@ -382,11 +394,14 @@ def _from_local(
         verified=expected is not None,
         bytes=size,
         files=files,
+        unpacked_bytes=unpacked,
         completed_at=_read_marker(dest).get("completed_at"),
     )
 
 
-def _progress_bar(total: Optional[int], desc: str, enabled: bool, initial: int = 0) -> Any:
+def _progress_bar(
+    total: Optional[int], desc: str, enabled: Optional[bool], initial: int = 0
+) -> Any:
     from tqdm import tqdm
 
     return tqdm(
@@ -397,7 +412,7 @@ def _progress_bar(total: Optional[int], desc: str, enabled: bool, initial: int =
         unit_scale=True,
         unit_divisor=1024,
         file=sys.stderr,
-        disable=None if enabled else True,  # None: shown on a terminal only
+        disable=not progress_enabled(enabled),
         leave=False,
     )
 
@@ -496,7 +511,7 @@ class _PartState:
         try:
             write_json(self.meta, {"url": self.url, "validator": self.validator})
         except OSError as exc:
-            raise _disk_error(self.meta, exc) from None
+            raise disk_error(self.meta, exc) from None
 
     def _restart(self) -> None:
         _remove_quietly(self.part, self.meta)
@@ -589,7 +604,7 @@ class _PartState:
         try:
             handle = open(self.part, mode)
         except OSError as exc:
-            raise _disk_error(self.part, exc) from None
+            raise disk_error(self.part, exc) from None
         if mode == "wb":
             self.hasher, self.hashed = hashlib.sha256(), 0
         name = os.path.basename(urllib.parse.urlparse(self.url).path) or self.url
@@ -604,14 +619,14 @@ class _PartState:
                 try:
                     handle.write(chunk)
                 except OSError as exc:
-                    raise _disk_error(self.part, exc) from None
+                    raise disk_error(self.part, exc) from None
                 self.hasher.update(chunk)
                 self.hashed += len(chunk)
                 bar.update(len(chunk))
             try:
                 handle.flush()
             except OSError as exc:
-                raise _disk_error(self.part, exc) from None
+                raise disk_error(self.part, exc) from None
 
 
 def _content_length(response: Any, offset: int) -> Optional[int]:
@@ -668,12 +683,6 @@ def _describe_network_error(exc: BaseException, timeout: Optional[float]) -> str
     return str(reason) or type(reason).__name__
 
 
-def _disk_error(path: Path, exc: OSError) -> KwsError:
-    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        return KwsError(f"no space left on the device while writing {path}; free some space")
-    return KwsError(f"cannot write {path}: {exc.strerror or exc}")
-
-
 def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -697,61 +706,86 @@ def _extract_into_place(
     actual: str,
     expected: Optional[str],
     size: int,
-    progress: bool,
-) -> int:
-    """Extract beside ``dest``, add the done marker, rename into place; returns the file count."""
-    with contextlib.suppress(OSError):
-        free = shutil.disk_usage(dest.parent).free
-        if free < size:  # unpacked audio is at least as large as its gzip
-            raise KwsError(
-                f"not enough disk space in {dest.parent} to unpack {archive.name}: needs at "
-                f"least {_human(size)}, {_human(free)} free"
-            )
-    temp = _make_temp_dir(dest)
+    progress: Optional[bool],
+) -> tuple[int, int]:
+    """Extract beside ``dest``, add the done marker, rename into place.
+
+    First a pass over the tar headers sums what the files will take on disk, so a disk too small
+    is found before anything is written (and watched again as the files go out). Returns the
+    number of files and their bytes.
+    """
+    need = unpacked_size(archive, progress)
+    _check_room(dest.parent, need, archive)
+    temp = make_work_folder(dest, "extract", PARTIAL_MARKER)
     try:
-        files = safe_extract(archive, temp, progress=progress)
-        marker = {
+        files, unpacked = safe_extract(archive, temp, progress, need=need, shown_as=dest)
+        (temp / PARTIAL_MARKER).unlink(missing_ok=True)
+        completed = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        info = {
             "url": url,
             "sha256": actual,
             "expected_sha256": expected,
             "verified": expected is not None,
             "bytes": size,
             "files": files,
-            "completed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                timespec="seconds"
-            ),
-            "tool": f"kws-ghost {__version__}",
+            "unpacked_bytes": unpacked,
+            "completed_at": completed,
         }
-        try:
-            (temp / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n")
-            with contextlib.suppress(FileNotFoundError, OSError):
-                if dest.is_dir() and not any(dest.iterdir()):
-                    dest.rmdir()  # an empty folder the user made beforehand
-            os.rename(temp, dest)
-        except OSError as exc:
-            if dest.exists():
-                raise KwsError(
-                    f"cannot move the unpacked data into {dest}: it appeared meanwhile"
-                ) from None
-            raise _disk_error(dest, exc) from None
+        write_marker(temp, MARKER_NAME, info)
+        replace_folder(temp, dest, MARKER_NAME)  # dest is absent or empty (checked under the lock)
     finally:
         if temp.exists():
             shutil.rmtree(temp, ignore_errors=True)
-    return files
+    return files, unpacked
 
 
-def _make_temp_dir(dest: Path) -> Path:
-    """A fresh hidden folder beside ``dest`` (created with the umask's mode, unlike mkdtemp)."""
-    for _ in range(100):
-        temp = dest.with_name(_temp_prefix(dest) + secrets.token_hex(4))
-        try:
-            temp.mkdir()
-            return temp
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise _disk_error(dest.parent, exc) from None
-    raise KwsError(f"cannot create a temporary folder in {dest.parent}")
+# What a file takes on disk beyond its bytes: its last block, rounded up, and an inode.
+_BLOCK_BYTES = 4096
+_SPACE_CHECK_BYTES = 64 << 20  # look at the free space again after this much was unpacked
+
+
+def _on_disk(member: tarfile.TarInfo) -> int:
+    data = -(-member.size // _BLOCK_BYTES) * _BLOCK_BYTES if member.isreg() else 0
+    return data + _BLOCK_BYTES
+
+
+def _check_room(folder: Path, need: int, archive: Path) -> None:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # the space cannot be told here; a full disk is still caught when writing
+    if free < need:
+        raise KwsError(
+            f"not enough disk space in {folder} to unpack {archive}: needs {_human(need)} more, "
+            f"{_human(free)} free; nothing is left half-unpacked: free some space and run again"
+        )
+
+
+@contextlib.contextmanager
+def _reading_tar(archive: Path, desc: str, progress: Optional[bool]) -> Iterator[tarfile.TarFile]:
+    """The archive opened for one sequential pass; read errors become one-line KwsErrors."""
+    try:
+        handle = open(archive, "rb")
+    except OSError as exc:
+        raise KwsError(f"cannot read {archive}: {exc.strerror or exc}") from None
+    bar = _progress_bar(archive.stat().st_size, f"{desc} {archive.name}", progress)
+    try:
+        with handle, bar, tarfile.open(fileobj=_CountingReader(handle, bar), mode="r|*") as tar:
+            yield tar
+    except KwsError:
+        raise
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise _BadArchive(
+            f"{archive} is not a readable tar archive ({exc or type(exc).__name__}); "
+            f"it is corrupt, truncated or not a .tar.gz"
+        ) from None
+
+
+def unpacked_size(archive: PathLike, progress: Optional[bool] = False) -> int:
+    """Bytes the archive's members will take on disk (sizes from the tar headers, rounded up to
+    4 KiB blocks, plus a block per member). One pass over the archive."""
+    with _reading_tar(Path(archive), "sizing", progress) as tar:
+        return sum(_on_disk(member) for member in tar)
 
 
 class _CountingReader:
@@ -766,28 +800,38 @@ class _CountingReader:
         return data
 
 
-def safe_extract(archive: PathLike, dest: PathLike, progress: bool = False) -> int:
+def safe_extract(
+    archive: PathLike,
+    dest: PathLike,
+    progress: Optional[bool] = False,
+    need: Optional[int] = None,
+    shown_as: Optional[PathLike] = None,
+) -> tuple[int, int]:
     """Extract a (gzip/bzip2/xz) tar archive into folder ``dest``, refusing anything unsafe.
 
     Refused, with a KwsError naming the member: absolute paths, ``..`` components, links whose
     target lies outside ``dest``, members written through a link, device files and fifos. One
-    sequential pass (streaming mode), so a 2 GB archive is read once. Returns the number of
-    regular files. On refusal, what was extracted so far stays in ``dest``: extract into a fresh
-    folder (as ``download_dataset`` does) to keep it all-or-nothing.
+    sequential pass (streaming mode). ``need``: bytes the whole archive takes on disk
+    (``unpacked_size``); the free space is checked against what is still to come as it goes.
+    ``shown_as``: the folder that messages name (default ``dest``; a temporary folder's final
+    name). Returns the number of regular files and their bytes. On refusal, what was extracted so
+    far stays in ``dest``: extract into a fresh folder (as ``download_dataset`` does) to keep it
+    all-or-nothing.
     """
     archive, dest = Path(archive), Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    root = os.path.realpath(dest)
-    files = 0
+    shown = Path(shown_as) if shown_as is not None else dest
     try:
-        handle = open(archive, "rb")
+        dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise KwsError(f"cannot read {archive}: {exc.strerror or exc}") from None
-    size = archive.stat().st_size
-    bar = _progress_bar(size, f"unpacking {archive.name}", progress)
+        raise disk_error(dest, exc) from None
+    root = os.path.realpath(dest)
+    files = unpacked = on_disk = checked = 0
     try:
-        with handle, bar, tarfile.open(fileobj=_CountingReader(handle, bar), mode="r|*") as tar:
+        with _reading_tar(archive, "unpacking", progress) as tar:
             for member in tar:
+                if need is not None and on_disk - checked >= _SPACE_CHECK_BYTES:
+                    _check_room(shown.parent, need - on_disk, archive)
+                    checked = on_disk
                 name = _checked_member(member, root, str(archive))
                 if name is None:
                     continue
@@ -800,18 +844,13 @@ def safe_extract(archive: PathLike, dest: PathLike, progress: bool = False) -> i
                 except _FILTER_ERRORS as exc:
                     raise _BadArchive(f"refused {archive}: unsafe member ({exc})") from None
                 files += clean.isreg()
-    except KwsError:
-        raise
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise _BadArchive(
-            f"{archive} is not a readable tar archive ({exc or type(exc).__name__}); "
-            f"it is corrupt, truncated or not a .tar.gz"
-        ) from None
+                unpacked += clean.size if clean.isreg() else 0
+                on_disk += _on_disk(clean)
     except OSError as exc:
-        raise _disk_error(dest, exc) from None
+        raise disk_error(shown, exc) from None
     if files == 0:
         raise _BadArchive(f"{archive} holds no files")
-    return files
+    return files, unpacked
 
 
 def _checked_member(member: tarfile.TarInfo, root: str, archive: str) -> Optional[str]:

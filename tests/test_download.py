@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.server
 import io
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -66,6 +68,8 @@ def make_archive(extra=None) -> bytes:
 ARCHIVE = make_archive()
 ARCHIVE_SHA = hashlib.sha256(ARCHIVE).hexdigest()
 FILES = len(WAVS) + 3
+UNPACKED = sum(len(_wav_bytes(seed)) for seed in range(len(WAVS))) + len(_wav_bytes(99, 8000))
+UNPACKED += len(WAVS[1]) + 1 + len(WAVS[2]) + 1  # the two split lists
 
 
 class _State:
@@ -161,6 +165,7 @@ def test_good_download_extracts_and_verifies(server, tmp_path):
     report = json.loads(result.stdout)
     assert report["verified"] is True and report["sha256"] == ARCHIVE_SHA
     assert report["files"] == FILES and report["bytes"] == len(ARCHIVE)
+    assert report["unpacked_bytes"] == UNPACKED
     assert report["already_present"] is False and report["dest"] == str(dest)
     audio, rate = sf.read(dest / WAVS[0])
     assert rate == 16000 and len(audio) == 1600
@@ -335,9 +340,14 @@ def test_rerun_is_a_noop(server, tmp_path):
 def test_leftovers_of_a_crash_are_cleaned_and_foreign_folder_is_kept(server, tmp_path):
     stale = tmp_path / ".gsc.extract-deadbeef"
     (stale / "yes").mkdir(parents=True)
+    (stale / dl.PARTIAL_MARKER).write_text("{}")  # what an interrupted run of ours leaves
+    look_alike = tmp_path / ".gsc.extract-mine"  # the same kind of name, but not ours
+    (look_alike / "keep.txt").parent.mkdir()
+    (look_alike / "keep.txt").write_text("precious")
     url = server.base + "/speech_commands_v0.02.tar.gz"
     dl.download_dataset(url, tmp_path / "gsc", progress=False)
     assert not stale.exists()
+    assert (look_alike / "keep.txt").read_text() == "precious"
     # a folder that is not a finished download is never overwritten
     (tmp_path / "mine" / "keep.txt").parent.mkdir()
     (tmp_path / "mine" / "keep.txt").write_text("precious")
@@ -430,3 +440,125 @@ def test_official_archives_and_defaults():
     assert dl.archive_stem("http://x/y/speech_commands_v0.02.tar.gz") == "speech_commands_v0.02"
     result = run_cli("--sha256", "not-a-checksum", "--url", "x.tar.gz")
     assert_one_line_error(result, "not a sha256")
+
+
+def test_text_report_gives_the_unpacked_bytes(tmp_path):
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(ARCHIVE)
+    result = run_cli("--url", str(archive), "--dest", str(tmp_path / "gsc"))
+    assert result.exit_code == 0, result.output
+    assert f"unpacked {FILES} files ({UNPACKED:,} bytes)" in result.stdout, result.stdout
+    assert f"({len(ARCHIVE):,} bytes) into" in result.stdout  # the archive's own size, named so
+    marker = json.loads((tmp_path / "gsc" / dl.MARKER_NAME).read_text())
+    assert marker["unpacked_bytes"] == UNPACKED and marker["bytes"] == len(ARCHIVE)
+
+
+def _disk(free):
+    """A stand-in for shutil.disk_usage: ``free`` is a number or a function of the call count."""
+    calls = []
+
+    def usage(path):
+        calls.append(str(path))
+        value = free(len(calls)) if callable(free) else free
+        return shutil._ntuple_diskusage(10**12, 10**12 - value, value)
+
+    usage.calls = calls
+    return usage
+
+
+def test_too_little_space_is_found_before_unpacking(server, tmp_path, monkeypatch):
+    url = server.base + "/speech_commands_v0.02.tar.gz"
+    dest = tmp_path / "gsc"
+    # room for the archive (the download goes through), not for what it unpacks to
+    monkeypatch.setattr(dl.shutil, "disk_usage", _disk(len(ARCHIVE) + 1))
+    result = run_cli("--url", url, "--dest", str(dest), "--sha256", ARCHIVE_SHA)
+    assert_one_line_error(result, "not enough disk space", str(tmp_path), "needs", "free")
+    assert dl.unpacked_size(tmp_path / "gsc.part") > UNPACKED > len(ARCHIVE)
+    assert not dest.exists()
+    # nothing half-unpacked beside it; the verified archive is kept for the next run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gsc.part", "gsc.part.json"]
+    monkeypatch.undo()
+    again = run_cli("--url", url, "--dest", str(dest), "--sha256", ARCHIVE_SHA)
+    assert again.exit_code == 0, again.output
+    assert (dest / WAVS[0]).read_bytes() == _wav_bytes(0)
+
+
+def test_space_running_out_while_unpacking_stops_cleanly(tmp_path, monkeypatch):
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(ARCHIVE)
+    # enough at the start; then another program fills the disk
+    monkeypatch.setattr(dl.shutil, "disk_usage", _disk(lambda n: 10**9 if n == 1 else 100))
+    monkeypatch.setattr(dl, "_SPACE_CHECK_BYTES", 1)
+    result = run_cli("--url", str(archive), "--dest", str(tmp_path / "out" / "gsc"))
+    assert_one_line_error(result, "not enough disk space", str(tmp_path / "out"), "more")
+    assert list((tmp_path / "out").iterdir()) == []  # the half-unpacked folder is gone
+    assert archive.read_bytes() == ARCHIVE
+
+
+def test_full_disk_while_unpacking_says_so(tmp_path, monkeypatch):
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(ARCHIVE)
+    real = tarfile.TarFile.extract
+    count = []
+
+    def extract(self, member, *args, **kwargs):
+        count.append(member.name)
+        if len(count) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, member, *args, **kwargs)
+
+    monkeypatch.setattr(tarfile.TarFile, "extract", extract)
+    result = run_cli("--url", str(archive), "--dest", str(tmp_path / "out" / "gsc"))
+    assert_one_line_error(result, "no space left on device", str(tmp_path / "out" / "gsc"))
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_second_download_into_the_same_folder_waits_its_turn(tmp_path):
+    import filelock
+
+    dest = tmp_path / "gsc"
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(ARCHIVE)
+    held = filelock.FileLock(str(tmp_path / ".gsc.lock"))
+    with held:
+        result = subprocess.run(
+            [sys.executable, "-m", "kws_ghost", "download", "--url", str(archive)]
+            + ["--dest", str(dest)],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 1 and "another kws-ghost download" in result.stderr
+        assert result.stderr.count("\n") == 1 and not dest.exists()
+    assert run_cli("--url", str(archive), "--dest", str(dest)).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar.gz", "gsc"]  # lock removed
+
+
+@pytest.mark.parametrize("where", ["cwd", "dot"])
+def test_dest_that_is_the_current_folder_is_refused(tmp_path, monkeypatch, where):
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(ARCHIVE)
+    here = tmp_path / "empty"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    dest = str(here) if where == "cwd" else "."
+    result = run_cli("--url", str(archive), "--dest", dest)
+    assert_one_line_error(result, "--dest")
+    assert here.is_dir() and list(here.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar.gz", "empty"]
+
+
+def test_no_progress_bars_in_a_log_or_with_json(tmp_path, monkeypatch):
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(ARCHIVE)
+    seen = []
+    real = dl._progress_bar
+
+    def spy(total, desc, enabled, initial=0):
+        seen.append(enabled)
+        return real(total, desc, enabled, initial)
+
+    monkeypatch.setattr(dl, "_progress_bar", spy)
+    for dest, extra in (("a", ["--json"]), ("b", [])):
+        result = run_cli("--url", str(archive), "--dest", str(tmp_path / dest), *extra)
+        assert result.exit_code == 0 and "\r" not in result.output, result.output
+    assert len(seen) >= 4 and seen.count(False) == len(seen)  # the CLI decided: off

@@ -65,6 +65,7 @@ def download(
     import os
 
     from kws_ghost import download as dl
+    from kws_ghost.progress import progress_enabled
 
     official = dl.known_archive(dataset_version, test_set)
     source = url or official.url
@@ -72,7 +73,9 @@ def download(
         folder = official.folder if url is None else dl.archive_stem(source)
         dest = os.path.join("data", folder)
     expected = dl.normalize_sha256(sha256) if sha256 else dl.known_sha256(source)
-    result = dl.download_dataset(source, dest, sha256=expected, timeout=timeout, progress=True)
+    result = dl.download_dataset(
+        source, dest, sha256=expected, timeout=timeout, progress=progress_enabled(None, as_json)
+    )
     if as_json:
         from kws_ghost.cli import echo_json
 
@@ -86,8 +89,8 @@ def download(
         return
     how = "resumed and " if result.resumed else ""
     click.echo(
-        f"{how}unpacked {result.files:,} files ({result.bytes:,} bytes) from {result.url} "
-        f"into {result.dest}"
+        f"{how}unpacked {result.files:,} files ({result.unpacked_bytes:,} bytes) from "
+        f"{result.url} ({result.bytes:,} bytes) into {result.dest}"
     )
     if result.verified:
         click.echo(f"sha256 verified: {result.sha256}")
