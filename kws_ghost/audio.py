@@ -1,9 +1,9 @@
 """Audio in and out: any file libsndfile reads -> mono float32 at the front-end's rate.
 
-Every failure a user can cause (missing file, folder, empty or truncated file, not audio) becomes a
-one-line ``KwsError`` naming the file. Long files are read in blocks (``iter_audio_blocks``) with a
-streaming resampler, so memory stays bounded whatever the length; raw PCM from a pipe is read as it
-arrives (``iter_pcm16``).
+Every failure a user can cause (missing file, folder, empty or truncated file, not audio, NaN or
+infinite samples) becomes a one-line ``KwsError`` naming the file. Long files are read in blocks
+(``iter_audio_blocks``) with a streaming resampler, so memory stays bounded whatever the length;
+raw PCM from a pipe is read as it arrives (``iter_pcm16``).
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Union
 
 import numpy as np
 
 from kws_ghost.errors import KwsError
 from kws_ghost.fileio import atomic_path
 
-PathLike = str | os.PathLike[str]
+PathLike = Union[str, "os.PathLike[str]"]
 
 # soxr quality: "HQ" (20-bit, ~0.1 dB passband) is the library default and far beyond what 16 kHz
 # keyword features can resolve.
@@ -129,6 +129,30 @@ def _to_mono(block: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(block, dtype=np.float32)
 
 
+def _check_finite(path: Path, handle: Any, block: np.ndarray, start_frame: int) -> None:
+    """Refuse NaN or infinite samples (a corrupt float file): they would poison every feature.
+
+    On the first bad block the rest of the file is read too, so the message can say how many.
+    """
+    bad = ~np.isfinite(block)
+    if not bad.any():
+        return
+    first = start_frame + int(np.flatnonzero(bad.any(axis=1))[0])
+    count = int(bad.sum())
+    while True:
+        try:
+            rest = handle.read(1 << 16, dtype="float32", always_2d=True)
+        except RuntimeError:
+            break
+        if not len(rest):
+            break
+        count += int((~np.isfinite(rest)).sum())
+    raise KwsError(
+        f"{path}: {count:,} NaN/infinite samples (first at {first / handle.samplerate:.2f} s); "
+        "the file is corrupt"
+    )
+
+
 def _finish(block: np.ndarray) -> np.ndarray:
     # Float files may hold values past full scale and resampling can overshoot by a hair: clip so
     # every caller gets audio in [-1, 1].
@@ -167,6 +191,7 @@ def iter_audio_blocks(
                 raise KwsError(
                     f"{path}: unreadable after {total} frames ({reason}); truncated or corrupt?"
                 ) from exc
+            _check_finite(path, handle, block, total)
             total += len(block)
             last = len(block) < block_frames
             mono = _to_mono(block)

@@ -208,3 +208,29 @@ def test_truncated_flac_is_an_error(tmp_path):
     bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(KwsError, match="bad.flac"):
         load_audio(bad)
+
+
+def _nan_wav(path, rate=RATE, bad=(8160, 9000, 9001), channels=1, value=np.nan):
+    audio = tone(1.0, rate)
+    if channels == 2:
+        audio = np.stack([audio, audio], axis=1)
+    audio[list(bad)] = value
+    soundfile.write(path, audio.astype(np.float32), rate, subtype="FLOAT")
+    return path
+
+
+@pytest.mark.parametrize("rate", [RATE, 44100])
+@pytest.mark.parametrize("reader", ["load_audio", "iter_audio_blocks"])
+def test_nan_samples_are_an_error_that_counts_them(tmp_path, rate, reader):
+    path = _nan_wav(tmp_path / "x.wav", rate, bad=(int(0.51 * rate), rate - 3, rate - 2))
+    call = load_audio if reader == "load_audio" else lambda p: list(iter_audio_blocks(p, RATE, 0.1))
+    with pytest.raises(KwsError) as caught:
+        call(path)
+    message = str(caught.value)
+    assert message == f"{path}: 3 NaN/infinite samples (first at 0.51 s); the file is corrupt"
+
+
+def test_infinite_samples_in_a_stereo_file_are_an_error(tmp_path):
+    path = _nan_wav(tmp_path / "inf.wav", bad=(100,), channels=2, value=np.inf)
+    with pytest.raises(KwsError, match=r"inf\.wav: 2 NaN/infinite samples \(first at 0\.01 s\)"):
+        load_audio(path)
