@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from kws_ghost.errors import KwsError
 
@@ -14,8 +14,14 @@ from kws_ghost.errors import KwsError
 PLOT_MAX_SECONDS = 30.0
 
 
-def plan_outputs(inputs: tuple[str, ...], out: Path) -> list[dict[str, Any]]:
-    """Check every input and decide its output file before any work starts."""
+def plan_outputs(inputs: tuple[str, ...], out: Path, plot: bool = False) -> list[dict[str, Any]]:
+    """Check every input and decide its output files before any work starts.
+
+    Refused: an output that is one of the inputs, two inputs with the same output, a PNG (with
+    ``plot``) where a file that is not a PNG already is, and a file where a folder must go.
+    """
+    from kws_ghost.fileio import check_output_parent, check_png_output, refuse_overwriting_inputs
+
     jobs: list[dict[str, Any]] = []
     claimed: dict[Path, str] = {}
     for name in inputs:
@@ -39,6 +45,13 @@ def plan_outputs(inputs: tuple[str, ...], out: Path) -> list[dict[str, Any]]:
                 "run them with different --out folders"
             )
         claimed[job["output"]] = str(path)
+        outputs = [job["output"]]
+        if plot and job["kind"] == "file":
+            outputs.append(check_png_output(job["output"].with_suffix(".png"), "--plot"))
+        elif plot:  # PNGs go in a folder named after the .npz
+            check_output_parent(job["output"].with_suffix("") / "x.png")
+        check_output_parent(job["output"])
+        refuse_overwriting_inputs(outputs, [path])
         jobs.append(job)
     return jobs
 
@@ -83,21 +96,33 @@ def extract_file(job: dict[str, Any], stream: Any, config: Any, plot: bool) -> d
 
 
 def extract_folder(
-    job: dict[str, Any], stream: Any, config: Any, plot: bool, max_plots: int
+    job: dict[str, Any],
+    stream: Any,
+    config: Any,
+    plot: bool,
+    max_plots: int,
+    progress: Optional[bool] = None,
 ) -> dict[str, Any]:
     import zipfile
 
     import numpy as np
     from tqdm import tqdm
 
-    from kws_ghost.fileio import atomic_path
+    from kws_ghost.fileio import atomic_path, check_png_output
+    from kws_ghost.progress import progress_enabled
 
     root: Path = job["path"]
     frame_counts = []
     plots = []
     with atomic_path(job["output"]) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            bar = tqdm(job["clips"], desc=str(root), unit="clip", disable=None, file=sys.stderr)
+            bar = tqdm(
+                job["clips"],
+                desc=str(root),
+                unit="clip",
+                disable=not progress_enabled(progress),
+                file=sys.stderr,
+            )
             for clip in bar:
                 key = clip.relative_to(root).as_posix()
                 feats = features_of_file(clip, stream, config)
@@ -107,7 +132,7 @@ def extract_folder(
                 frame_counts.append(int(feats.shape[0]))
                 if plot and len(plots) < max_plots:
                     png = job["output"].with_suffix("") / Path(key).with_suffix(".png")
-                    plot_file(clip, png, config)
+                    plot_file(clip, check_png_output(png, "--plot"), config)
                     plots.append(str(png))
     result: dict[str, Any] = {
         "type": "folder",

@@ -278,3 +278,54 @@ def test_cli_bad_input_is_one_line(tmp_path, make, words):
     assert str(target) in result.stderr and words in result.stderr
     assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def assert_one_line_error(result, *needles):
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+def test_cli_nan_samples_are_one_line_and_write_nothing(tmp_path):
+    audio = speechlike(1.0).astype(np.float32)
+    audio[[8160, 8161, 12000]] = np.nan
+    wav = tmp_path / "x.wav"
+    soundfile.write(wav, audio, RATE, subtype="FLOAT")
+    result = run_cli(wav, "--out", tmp_path / "out")
+    assert_one_line_error(result, f"{wav}: 3 NaN/infinite samples (first at 0.51 s)", "corrupt")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    # in a folder: the .npz is not written either
+    write_clip(tmp_path / "corpus" / "yes" / "good.wav")
+    (tmp_path / "corpus" / "yes" / "z.wav").write_bytes(wav.read_bytes())
+    result = run_cli(tmp_path / "corpus", "--out", tmp_path / "out")
+    assert_one_line_error(result, "z.wav", "NaN/infinite")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_cli_plot_never_replaces_a_file_that_is_not_a_png(tmp_path):
+    wav = write_clip(tmp_path / "clip.wav", 1.0)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "clip.png").write_text("my notes, not an image")
+    result = run_cli(wav, "--out", tmp_path / "out", "--plot")
+    assert_one_line_error(result, str(tmp_path / "out" / "clip.png"), "not a PNG")
+    assert (tmp_path / "out" / "clip.png").read_text() == "my notes, not an image"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip.png"]  # no .npy
+
+
+def test_cli_out_below_a_file_is_one_line(tmp_path):
+    wav = write_clip(tmp_path / "clip.wav", 1.0)
+    (tmp_path / "meeting.wav").write_bytes(wav.read_bytes())
+    result = run_cli(wav, "--out", tmp_path / "meeting.wav" / "feats")
+    assert_one_line_error(result, "meeting.wav is a file, not a folder")
+    assert (tmp_path / "meeting.wav").read_bytes() == wav.read_bytes()
+
+
+def test_cli_output_that_is_the_input_is_refused(tmp_path):
+    """``x.npy`` holding audio (a misnamed file) would be replaced by its own features."""
+    wav = write_clip(tmp_path / "x.wav", 1.0).rename(tmp_path / "x.npy")
+    audio = wav.read_bytes()
+    result = run_cli(wav, "--out", tmp_path)
+    assert_one_line_error(result, "same file as the input", str(wav))
+    assert wav.read_bytes() == audio

@@ -91,11 +91,12 @@ def features(
         raise KwsError(f"--out {out}: exists and is not a folder")
     from kws_ghost.feature_files import extract_file, extract_folder, plan_outputs
 
-    jobs = plan_outputs(inputs, out)
+    jobs = plan_outputs(inputs, out, plot)
 
     import torch
 
     from kws_ghost.features import StreamingFrontend
+    from kws_ghost.progress import progress_enabled
 
     stream = StreamingFrontend(config)
     results = []
@@ -108,7 +109,8 @@ def features(
             if job["kind"] == "file":
                 results.append(extract_file(job, stream, config, plot))
             else:
-                results.append(extract_folder(job, stream, config, plot, max_plots))
+                progress = progress_enabled(None, as_json)
+                results.append(extract_folder(job, stream, config, plot, max_plots, progress))
     finally:
         torch.set_num_threads(threads)
 
