@@ -1,21 +1,30 @@
-"""Streaming step latency at batch 1, PyTorch vs onnxruntime (fp32 and int8), and model file sizes.
+"""onnxruntime step latency at batch 1 (fp32 and int8), this export beside the previous one, and
+whole-clip scoring: the step in a loop against an unrolled clip graph.
 
     python benchmarks/bench_export.py [--out benchmarks/results/export.json] [--calls 1000]
+        [--legacy-tree /tmp/kws-legacy]
 
-Models have random weights (latency and size do not depend on the values). Each latency is per
-call of one frame at batch 1, single-threaded: the mean over ``--calls`` calls, best and median
-of ``--repeats`` runs, as wall-clock and as process CPU time. The runs of all models and runtimes
-are interleaved (one run of each, then the next round), so that a busy shared machine slows them
-alike and the comparison holds even when the absolute figures drift. Target: onnxruntime fp32
-step <= 50 us.
+Models have random weights (latency does not depend on the values) and a non-trivial feature
+normalisation. Each latency is per ``session.run`` of one frame at batch 1, one thread, state
+carried: the mean over ``--calls`` calls, best and median of ``--repeats`` runs. All runs are
+interleaved (one run of each timer, then the next round), so that a busy shared machine slows
+them alike: compare the figures of one run, not absolute times across runs.
+
+``--legacy-tree``: a checkout of the previous exporter (``git worktree add /tmp/kws-legacy
+55da921``, whose graphs were written node by node with onnx.helper). Its ``export_model`` runs in
+a subprocess with that tree first on the path, on a legacy model holding the same state_dict; its
+step and clip files are timed here beside the new ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,52 +37,67 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kws_ghost.config import FrontendConfig, ModelConfig  # noqa: E402
-from kws_ghost.export import OnnxKeywordModel, export_model  # noqa: E402
+from kws_ghost.config import FrontendConfig, ModelConfig, to_dict  # noqa: E402
+from kws_ghost.export import export_model, step_module  # noqa: E402
 from kws_ghost.fileio import write_json  # noqa: E402
 from kws_ghost.models import build_model  # noqa: E402
 from kws_ghost.profile import describe  # noqa: E402
+from kws_ghost.runtime import OnnxRuntime, open_session  # noqa: E402
 
-TARGET_US = 50.0
 LABELS = [f"class{i}" for i in range(12)]
 CONFIGS = {
-    # The training default: tanh after the cheap operation, so not foldable.
+    # name: (config, fold). The training default: tanh after the cheap operation, not foldable.
     "ghost-gru default": (ModelConfig(), None),
-    # Linear cheap operation without activation: exported folded (a GRU of width m)...
+    # Linear cheap operation without activation: exported folded (a GRU of width m).
     "ghost-gru linear folded": (ModelConfig(cheap_activation="none"), True),
-    # ... and the same network unfolded, for comparison.
-    "ghost-gru linear unfolded": (ModelConfig(cheap_activation="none"), False),
-    "gru H128 baseline": (ModelConfig(arch="gru"), None),
+    "gru H128": (ModelConfig(arch="gru"), None),
 }
+CLIP_MODEL = "ghost-gru default"
+
+LEGACY_EXPORT = r"""
+import json, sys, torch
+from kws_ghost.config import FrontendConfig, ModelConfig
+from kws_ghost.export import export_model
+from kws_ghost.models import build_model
+for job in json.load(open(sys.argv[1])):
+    config = ModelConfig(**job["config"])
+    model = build_model(config).eval()
+    model.load_state_dict(torch.load(job["weights"], weights_only=True))
+    labels = [f"class{i}" for i in range(config.num_classes)]
+    export_model(model, FrontendConfig(), labels, job["out"], fold=job["fold"], int8=job["int8"])
+"""
 
 
 def interleaved(timers: dict[str, Callable[[], Any]], calls: int, repeats: int) -> dict[str, Any]:
     """Per-call microseconds of every timer: best and median of ``repeats`` runs of ``calls``
     calls, the runs taken in rounds of one run per timer."""
     for call in timers.values():
-        for _ in range(max(20, calls // 10)):
+        for _ in range(max(3, calls // 10)):
             call()
     wall: dict[str, list[float]] = {key: [] for key in timers}
-    cpu: dict[str, list[float]] = {key: [] for key in timers}
     for _ in range(repeats):
         for key, call in timers.items():
-            start_wall, start_cpu = time.perf_counter(), time.process_time()
+            start = time.perf_counter()
             for _ in range(calls):
                 call()
-            wall[key].append((time.perf_counter() - start_wall) / calls * 1e6)
-            cpu[key].append((time.process_time() - start_cpu) / calls * 1e6)
+            wall[key].append((time.perf_counter() - start) / calls * 1e6)
     return {
-        key: {
-            "wall_us_best": round(min(wall[key]), 2),
-            "wall_us_median": round(statistics.median(wall[key]), 2),
-            "cpu_us_best": round(min(cpu[key]), 2),
-            "cpu_us_median": round(statistics.median(cpu[key]), 2),
-        }
-        for key in timers
+        key: {"us_best": round(min(v), 2), "us_median": round(statistics.median(v), 2)}
+        for key, v in wall.items()
     }
 
 
-def torch_step(model: Any, frame: torch.Tensor) -> Callable[[], Any]:
+def session_step(session: Any, state_shape: tuple[int, ...], frame: np.ndarray) -> Callable:
+    """The bare ``session.run`` of one frame, state carried: what a device's loop does."""
+    state = [np.zeros(state_shape, np.float32)]
+
+    def call() -> None:
+        _, state[0] = session.run(None, {"frames": frame, "state": state[0]})
+
+    return call
+
+
+def torch_step(model: Any, frame: torch.Tensor) -> Callable:
     state = [model.initial_state(1)]
 
     def call() -> None:
@@ -83,81 +107,75 @@ def torch_step(model: Any, frame: torch.Tensor) -> Callable[[], Any]:
     return call
 
 
-def ort_step(runtime: OnnxKeywordModel, frame: np.ndarray, raw: bool) -> Callable[[], Any]:
-    """``raw``: the bare session.run a C/C++ runtime's loop corresponds to; otherwise the checked
-    ``OnnxKeywordModel.step``."""
-    session = runtime._session("step")
-    state = [runtime.initial_state(1)]
-    names = ["logits", "new_state"]
-
-    def call_raw() -> None:
-        _, state[0] = session.run(names, {"frames": frame, "state": state[0]})
-
-    def call_checked() -> None:
-        _, state[0] = runtime.step(frame, state[0])
-
-    return call_raw if raw else call_checked
-
-
-def call_overhead() -> Callable[[], Any]:
-    """session.run of a graph with the step model's signature and nothing but Identity nodes: what
-    the Python binding and the runtime cost per call, whatever the model."""
-    import onnxruntime
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [
-            helper.make_node("Identity", ["frames"], ["logits"]),
-            helper.make_node("Identity", ["state"], ["new_state"]),
-        ],
-        "overhead",
-        [
-            helper.make_tensor_value_info("frames", TensorProto.FLOAT, ["batch", 40]),
-            helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 64]),
-        ],
-        [
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 40]),
-            helper.make_tensor_value_info("new_state", TensorProto.FLOAT, [2, "batch", 64]),
-        ],
+def legacy_torch_step(tree: Path, model: Any, frame: torch.Tensor) -> Callable:
+    """The previous PyTorch step (its TorchScript kernel), same weights: normalise, the legacy
+    layers' step, the head."""
+    spec = importlib.util.spec_from_file_location("kws_legacy_layers", tree / "kws_ghost/layers.py")
+    legacy = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(legacy)  # type: ignore[union-attr]
+    c = model.config
+    rnn = legacy.GhostRNN(
+        c.cell, c.input_dim, c.hidden, c.layers, c.effective_ratio, c.cheap_op, c.cheap_activation
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    proto.ir_version = 8
+    rnn.load_state_dict(model.rnn.state_dict())
+    state = [rnn.initial_state(1)]
+
+    def call() -> None:
+        with torch.inference_mode():
+            y, state[0] = rnn.step(model.normalize(frame), state[0])
+            model.head(y)
+
+    return call
+
+
+def unrolled_clip(model: Any, frames: int, path: Path) -> None:
+    """An ONNX clip graph: ``frames`` copies of the step module, features [B, T, F] -> per-frame
+    logits [B, T, C] from the zero state (what the runtime's loop computes)."""
+
+    class Unrolled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.step = step_module(model)
+
+        def forward(self, features: torch.Tensor) -> torch.Tensor:
+            state = features.new_zeros(model.config.layers, features.shape[0], model.rnn.state_size)
+            logits = []
+            for t in range(frames):
+                out, state = self.step(features[:, t], state)
+                logits.append(out)
+            return torch.stack(logits, 1)
+
+    with torch.no_grad():
+        torch.onnx.export(
+            Unrolled().eval(),
+            (torch.zeros(3, frames, model.config.input_dim),),
+            str(path),
+            input_names=["features"],
+            output_names=["logits"],
+            dynamic_axes={"features": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+
+
+def optimized_nodes(path: Path) -> int:
+    """Nodes of the graph onnxruntime runs (after its fusions): what the per-node cost counts."""
+    import onnx
+    import onnxruntime
+
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = onnxruntime.InferenceSession(proto.SerializeToString(), options)
-    feed = {"frames": np.zeros((1, 40), np.float32), "state": np.zeros((2, 1, 64), np.float32)}
-    return lambda: session.run(["logits", "new_state"], feed)
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(path.with_suffix(".optimized.onnx"))
+    onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return len(onnx.load(options.optimized_model_filepath).graph.node)
 
 
-def prepare(
-    name: str, config: ModelConfig, fold: Any, folder: Path
-) -> tuple[dict[str, Any], dict[str, Callable[[], Any]], dict[str, Callable[[], Any]]]:
-    """Export ``config`` (fp32 and int8): (result with sizes, step timers, clip timers)."""
+def make_model(config: ModelConfig) -> Any:
     torch.manual_seed(0)
     model = build_model(config).eval()
-    frontend = FrontendConfig()
-    frame = torch.randn(1, config.input_dim) * 10
-    result: dict[str, Any] = {"name": name, "config": describe(config), "fold": fold}
-    steps = {"torch_step": torch_step(model, frame)}
-    clips: dict[str, Callable[[], Any]] = {}
-    for kind in ("fp32", "int8"):
-        path = folder / f"{name.replace(' ', '_')}_{kind}.onnx"
-        exported = export_model(model, frontend, LABELS, path, fold=fold, int8=(kind == "int8"))
-        result["exported_model"] = exported["model"]
-        result["folded"] = exported["folded"]
-        result["params"] = exported["params"]
-        result["macs_per_frame"] = exported["macs_per_frame"]
-        result[f"step_{kind}_bytes"] = exported["file_bytes"]["step"]
-        result[f"clip_{kind}_bytes"] = exported["file_bytes"]["clip"]
-        runtime = OnnxKeywordModel(path, threads=1)
-        steps[f"ort_{kind}_step"] = ort_step(runtime, frame.numpy(), raw=True)
-        steps[f"ort_{kind}_step_checked"] = ort_step(runtime, frame.numpy(), raw=False)
-        windows = np.random.default_rng(0).normal(size=(64, runtime.window_frames, 40))
-        windows = windows.astype(np.float32)
-        for batch in (1, 64):
-            chunk = windows[:batch]
-            clips[f"ort_{kind}_clip_b{batch}"] = lambda r=runtime, c=chunk: r.clip_logits(c)
-    return result, steps, clips
+    mean = torch.linspace(-300, 20, config.input_dim)  # raw MFCC-like: c0 in the hundreds
+    model.set_normalization(mean, torch.linspace(40, 2, config.input_dim))
+    return model
 
 
 def main() -> None:
@@ -165,50 +183,143 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "export.json"))
     parser.add_argument("--calls", type=int, default=1000, help="calls per timing run")
     parser.add_argument("--repeats", type=int, default=9, help="timing runs (best and median)")
+    parser.add_argument("--clips", type=int, default=512, help="clips for the clip scoring test")
+    parser.add_argument("--legacy-tree", type=Path, help="older checkout to time side by side")
     args = parser.parse_args()
-    torch.set_num_threads(1)  # batch 1: threads only add synchronisation
+    torch.set_num_threads(1)
+    import onnx
     import onnxruntime
 
     load_before = os.getloadavg()
-    results: list[dict[str, Any]] = []
-    step_timers: dict[str, Callable[[], Any]] = {"overhead": call_overhead()}
-    clip_timers: dict[str, Callable[[], Any]] = {}
+    frontend = FrontendConfig()
+    window = frontend.num_frames(frontend.clip_samples)
+    rows: dict[str, dict[str, Any]] = {}
+    steps: dict[str, Callable[[], Any]] = {}
+    clips: dict[str, Callable[[], Any]] = {}
+    clip_features = np.random.default_rng(0).normal(size=(args.clips, window, 40)) * 10
+    clip_features = clip_features.astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="kws-bench-export-") as tmp:
+        folder = Path(tmp)
+        legacy_jobs = []
+        models = {}
         for name, (config, fold) in CONFIGS.items():
-            result, steps, clips = prepare(name, config, fold, Path(tmp))
-            results.append(result)
-            step_timers.update({f"{name}/{key}": call for key, call in steps.items()})
-            clip_timers.update({f"{name}/{key}": call for key, call in clips.items()})
+            model = models[name] = make_model(config)
+            key = name.replace(" ", "_")
+            frame = torch.from_numpy(clip_features[:1, 0].copy())
+            row: dict[str, Any] = {"config": describe(config), "fold": fold}
+            steps[f"{name}/torch"] = torch_step(model, frame)
+            if args.legacy_tree:
+                steps[f"{name}/legacy torch"] = legacy_torch_step(args.legacy_tree, model, frame)
+            for kind in ("fp32", "int8"):
+                path = folder / f"{key}_{kind}.onnx"
+                started = time.perf_counter()
+                result = export_model(model, frontend, LABELS, path, fold=fold, int8=kind == "int8")
+                row[f"export_{kind}_s"] = round(time.perf_counter() - started, 3)
+                row.update(exported=result["model"], params=result["params"])
+                row[f"{kind}_bytes"] = result["file_bytes"]
+                row[f"{kind}_nodes"] = len(onnx.load(str(path)).graph.node)
+                row[f"{kind}_nodes_run"] = optimized_nodes(path)
+                state_shape = (config.layers, 1, result["state_shape"][2])
+                session = open_session(path, 1)
+                steps[f"{name}/ort {kind}"] = session_step(session, state_shape, frame.numpy())
+                if args.legacy_tree:
+                    legacy_path = folder / f"{key}_{kind}_legacy.onnx"
+                    weights = folder / f"{key}.pt"
+                    torch.save(model.state_dict(), weights)
+                    legacy_config = {**to_dict(config), "pooling": "mean"}
+                    legacy_jobs.append(
+                        {
+                            "config": legacy_config,
+                            "weights": str(weights),
+                            "out": str(legacy_path),
+                            "fold": fold,
+                            "int8": kind == "int8",
+                            "timer": f"{name}/legacy ort {kind}",
+                            "state_shape": state_shape,
+                        }
+                    )
+            rows[name] = row
+        if legacy_jobs:
+            jobs_file = folder / "jobs.json"
+            jobs_file.write_text(json.dumps(legacy_jobs))
+            env = {**os.environ, "PYTHONPATH": str(args.legacy_tree.resolve())}
+            subprocess.run(
+                [sys.executable, "-c", LEGACY_EXPORT, str(jobs_file)],
+                check=True,
+                env=env,
+                cwd=folder,
+            )
+            for job in legacy_jobs:
+                session = open_session(Path(job["out"]), 1)
+                frame = clip_features[:1, 0].copy()
+                steps[job["timer"]] = session_step(session, tuple(job["state_shape"]), frame)
+                name, kind = job["timer"].split("/")[0], job["int8"] and "int8" or "fp32"
+                rows[name][f"legacy_{kind}_bytes"] = Path(job["out"]).stat().st_size
+                proto = onnx.load(job["out"])
+                rows[name][f"legacy_{kind}_nodes"] = len(proto.graph.node)
+                rows[name][f"legacy_{kind}_nodes_run"] = optimized_nodes(Path(job["out"]))
+        # Whole-clip scoring of the default model: the runtime's loop vs an unrolled graph.
+        clip_model = models[CLIP_MODEL]
+        runtime = OnnxRuntime(folder / f"{CLIP_MODEL.replace(' ', '_')}_fp32.onnx", threads=1)
+        clips["runtime loop (step x 97 calls)"] = lambda: runtime.run(
+            clip_features, runtime.initial_state(len(clip_features))
+        )
+        unrolled = folder / "unrolled.onnx"
+        started = time.perf_counter()
+        unrolled_clip(clip_model, window, unrolled)
+        unrolled_export_s = time.perf_counter() - started
+        unrolled_bytes = unrolled.stat().st_size
+        unrolled_session = open_session(unrolled, 1)
+        clips["unrolled clip graph"] = lambda: unrolled_session.run(
+            None, {"features": clip_features}
+        )
+        expected, _ = runtime.run(clip_features[:8], runtime.initial_state(8))
+        (got,) = unrolled_session.run(None, {"features": clip_features[:8]})
+        unrolled_difference = float(np.abs(got - expected).max())
+        if args.legacy_tree:
+            legacy_clip = folder / f"{CLIP_MODEL.replace(' ', '_')}_fp32_legacy.clip.onnx"
+            legacy_clip_session = open_session(legacy_clip, 1)
+            clips["legacy clip graph (Scan, pooled)"] = lambda: legacy_clip_session.run(
+                None, {"features": clip_features}
+            )
         print("timing steps ...", file=sys.stderr, flush=True)
-        step_times = interleaved(step_timers, args.calls, args.repeats)
+        step_times = interleaved(steps, args.calls, args.repeats)
         print("timing clips ...", file=sys.stderr, flush=True)
-        clip_times = interleaved(clip_timers, 3, args.repeats)
-    overhead = step_times["overhead"]
-    for result in results:
-        for key, timing in step_times.items():
-            if key.startswith(result["name"] + "/"):
-                result[key.split("/", 1)[1]] = timing
-        for key, timing in clip_times.items():
-            if key.startswith(result["name"] + "/"):
-                result[key.split("/", 1)[1] + "_ms"] = round(timing["cpu_us_best"] / 1000, 3)
-    summary = {
-        row["name"]: {
-            "torch_step_us": row["torch_step"]["wall_us_best"],
-            "ort_fp32_step_us": row["ort_fp32_step"]["wall_us_best"],
-            "ort_int8_step_us": row["ort_int8_step"]["wall_us_best"],
-            "ort_fp32_step_cpu_us": row["ort_fp32_step"]["cpu_us_best"],
-            "step_fp32_kb": round(row["step_fp32_bytes"] / 1024, 1),
-            "step_int8_kb": round(row["step_int8_bytes"] / 1024, 1),
-            "meets_target": row["ort_fp32_step"]["wall_us_best"] <= TARGET_US,
-        }
-        for row in results
-    }
+        clip_times = interleaved(clips, 1, max(3, args.repeats // 3))
+    for key, timing in step_times.items():
+        name, timer = key.split("/")
+        rows[name][f"{timer} us"] = timing["us_best"]
+        rows[name][f"{timer} us median"] = timing["us_median"]
+    gru = rows["gru H128"]
+    summary: dict[str, Any] = {}
+    for name, row in rows.items():
+        entry = {k: row[k] for k in row if k.endswith(" us")}
+        for kind in ("fp32", "int8"):
+            entry[f"vs gru H128 ({kind}, same exporter)"] = round(
+                row[f"ort {kind} us"] / gru[f"ort {kind} us"], 3
+            )
+            if f"legacy ort {kind} us" in row:
+                entry[f"vs legacy ({kind})"] = round(
+                    row[f"ort {kind} us"] / row[f"legacy ort {kind} us"], 3
+                )
+                entry[f"vs legacy gru H128 ({kind})"] = round(
+                    row[f"ort {kind} us"] / gru[f"legacy ort {kind} us"], 3
+                )
+        summary[name] = entry
     report = {
         "benchmark": "export",
-        "target_ort_step_us": TARGET_US,
         "summary": summary,
-        "ort_call_overhead": overhead,
-        "results": results,
+        "results": rows,
+        "clip_scoring": {
+            "model": CLIP_MODEL,
+            "clips": args.clips,
+            "frames": window,
+            "ms_best": {k: round(v["us_best"] / 1000, 1) for k, v in clip_times.items()},
+            "ms_median": {k: round(v["us_median"] / 1000, 1) for k, v in clip_times.items()},
+            "unrolled_export_s": round(unrolled_export_s, 2),
+            "unrolled_bytes": unrolled_bytes,
+            "unrolled_max_difference": unrolled_difference,
+        },
         "environment": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -220,20 +331,11 @@ def main() -> None:
             "load_average_after": [round(v, 2) for v in os.getloadavg()],
             "calls": args.calls,
             "repeats": args.repeats,
+            "legacy_tree": str(args.legacy_tree) if args.legacy_tree else None,
         },
     }
     write_json(args.out, report)
-    for name, row in summary.items():
-        print(
-            f"{name:28s} torch {row['torch_step_us']:8.1f} us  "
-            f"ort fp32 {row['ort_fp32_step_us']:6.1f} us (cpu {row['ort_fp32_step_cpu_us']:5.1f})"
-            f"  int8 {row['ort_int8_step_us']:6.1f} us"
-            f"  step {row['step_fp32_kb']:.1f} KB fp32 / {row['step_int8_kb']:.1f} KB int8"
-        )
-    print(
-        f"onnxruntime call overhead (Identity graph, same signature): "
-        f"{overhead['wall_us_best']:.1f} us (cpu {overhead['cpu_us_best']:.1f})"
-    )
+    print(json.dumps({"summary": summary, "clip_scoring": report["clip_scoring"]}, indent=1))
     print(f"wrote {args.out}")
 
 

@@ -8,14 +8,20 @@ the cell c) is state; g is recomputed, so streaming state is m (2m) floats per l
 With s = 1 there is no ghost part and the layer is exactly ``torch.nn.GRU`` / ``torch.nn.LSTM``
 (same parameter layout), which is how the ``gru`` and ``lstm`` baselines are built: one code path.
 
-Three execution paths compute the same function:
+The recurrence is written once. ``gru_update`` / ``lstm_update`` are the gates and the state
+update, ``ghost_parts`` the cheap operation, and ``cell_step`` wires them into one frame of a layer
+around a *projection* (the matrix products that give the gates' pre-activations). The per-frame
+step is the reference; every other path is that step, and the tests hold each to it:
 
+* step (``GhostRNNLayer.step``): one frame, state in and out, for streaming;
+* scan (training, any cheap operation): ``cell_step`` run over time inside a custom autograd
+  function, with the input projection of all frames hoisted into one matmul and a hand-written
+  backward, the step's derivative (gradcheck, and autograd through the step, check it);
 * fused: when phi is linear with no activation (or absent), U y = (U_h + U_g A) h + U_g c, so the
   layer is a GRU/LSTM of width m with folded recurrent weights and torch's fused kernel runs it;
-* scan: otherwise a custom autograd function runs the recurrence with a hand-written backward,
-  keeping per-step work to a few tensor ops (an autograd graph per step is ~8x slower);
-* step: one frame at a time, for streaming, with state passed in and out.
+* packed (``PackedLayer``, for export): ``cell_step`` with both products as one over [x ; y].
 
+The folding identities (``absorb_ghost``, ``absorb_normalization``) live here too; export uses them.
 State tensors are ``[layers, batch, state_size]`` with state_size = m for GRU and 2m (h, then c)
 for LSTM, so a runtime carries one tensor whatever the cell.
 """
@@ -23,8 +29,7 @@ for LSTM, so a runtime carries one tensor whatever the cell.
 from __future__ import annotations
 
 import math
-import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +38,25 @@ from torch import Tensor, nn
 from kws_ghost.config import ACTIVATIONS
 
 GATES = {"gru": 3, "lstm": 4}
+GATE_PARAMETERS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+Projection = Callable[[list[Tensor], list[Tensor]], tuple[Tensor, ...]]
+Ghost = Callable[[Tensor], list[Tensor]]
 
 
-def _activation_grad(name: str, out: Tensor) -> Optional[Tensor]:
+# ------------------------------------------------------------------------------ the cell, once
+
+
+def activate(v: Tensor, name: str) -> Tensor:
+    if name == "tanh":
+        return torch.tanh(v)
+    if name == "relu":
+        return torch.relu(v)
+    if name == "sigmoid":
+        return torch.sigmoid(v)
+    return v
+
+
+def activation_grad(name: str, out: Tensor) -> Optional[Tensor]:
     """d act / d pre-activation, written in terms of the activation's output (None: identity)."""
     if name == "none":
         return None
@@ -48,11 +69,133 @@ def _activation_grad(name: str, out: Tensor) -> Optional[Tensor]:
     raise ValueError(f"unknown activation {name!r}")
 
 
+def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """x W^T + b (``weight`` [out, in], as ``nn.Linear``). Under ONNX export it is spelt MatMul +
+    Add: dynamic int8 quantisation only quantises MatMuls, and onnxruntime fuses the pair into a
+    Gemm when it loads a float graph."""
+    if torch.onnx.is_in_onnx_export():
+        return torch.matmul(x, weight.t()) + bias
+    return F.linear(x, weight, bias)
+
+
+def cat(parts: list[Tensor]) -> Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+
+def _lerp(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
+    if torch.onnx.is_in_onnx_export():  # the exporters write torch.lerp as a dozen nodes
+        return start + weight * (end - start)
+    return torch.lerp(start, end, weight)
+
+
+def _addcmul(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    if torch.onnx.is_in_onnx_export():  # ... and addcmul with a third Mul, by its value 1
+        return x + a * b
+    return torch.addcmul(x, a, b)
+
+
+def gru_update(
+    r_pre: Tensor, z_pre: Tensor, x_n: Tensor, h_n: Tensor, h: Tensor
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The GRU's gates and update from their pre-activations -> (h', (r, z, n)):
+    r = sigmoid(r_pre), z = sigmoid(z_pre), n = tanh(x_n + r * h_n), h' = (1 - z) * n + z * h,
+    with r_pre = W_r x + U_r y + b_r (z_pre alike), x_n = W_n x + b_in, h_n = U_n y + b_hn."""
+    r, z = torch.sigmoid(r_pre), torch.sigmoid(z_pre)
+    n = torch.tanh(_addcmul(x_n, r, h_n))
+    return _lerp(n, h, z), (r, z, n)
+
+
+def lstm_update(
+    i: Tensor, f: Tensor, g: Tensor, o: Tensor, c: Tensor
+) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    """The LSTM's gates (order i, f, g, o as torch.nn.LSTM) from their pre-activations and its
+    update -> (h', c', (i, f, g, o) activated): c' = f * c + i * g, h' = o * tanh(c'), with i, f, o
+    sigmoids and g = tanh."""
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c = _addcmul(f * c, i, g)
+    return o * torch.tanh(c), c, (i, f, g, o)
+
+
+def ghost_parts(weight: Optional[Tensor], bias: Tensor, activation: str) -> Ghost:
+    """phi as a function h -> [act(A h + c)] (``[]`` when ``weight`` is None: no ghost part)."""
+    if weight is None:
+        return lambda h: []
+    return lambda h: [activate(linear(h, weight, bias), activation)]
+
+
+def split_projection(cell: str, m: int, gi: Tensor, gh: Tensor) -> tuple[Tensor, ...]:
+    """The gates' pre-activations from the input (gi = W x + b_ih) and recurrent (gh = U y + b_hh)
+    products: GRU (r_pre, z_pre, x_n, h_n), LSTM (i, f, g, o). Sizes are given, not read from
+    shapes, so that a traced graph holds no shape arithmetic."""
+    if cell == "lstm":
+        return (gi + gh).split([m, m, m, m], dim=-1)
+    rz = gi[..., : 2 * m] + gh[..., : 2 * m]
+    return (*rz.split([m, m], dim=-1), gi[..., 2 * m :], gh[..., 2 * m :])
+
+
+def cell_step(
+    cell: str,
+    m: int,
+    x_parts: list[Tensor],
+    state: Tensor,
+    project: Projection,
+    ghost: Ghost,
+    y_parts: Optional[list[Tensor]] = None,
+) -> tuple[list[Tensor], Tensor, tuple[Tensor, ...]]:
+    """One frame of a GhostGRU / GhostLSTM layer of intrinsic width ``m``: the only place the
+    recurrence is written.
+
+    ``x_parts``: the frame's input as parts (concatenated they are x); ``state`` [B, S] (GRU: h,
+    LSTM: [h ; c]); ``project(x_parts, y_parts)``: the gates' pre-activations (``split_projection``
+    order); ``ghost(h)``: ``[phi(h)]`` or ``[]``; ``y_parts``: [h ; phi(h)] of the state when the
+    caller has it already (the scan), else recomputed. Returns the output's parts
+    ``[h', phi(h')]``, the new state, and what the backward needs: GRU (r, z, n, h_n), LSTM
+    (i, f, g, o, c').
+    """
+    if cell == "gru":
+        h = state
+        if y_parts is None:
+            y_parts = [h, *ghost(h)]
+        pre = project(x_parts, y_parts)
+        h, gates = gru_update(*pre, h)
+        return [h, *ghost(h)], h, (*gates, pre[3])
+    h, c = state.split([m, m], dim=-1)
+    if y_parts is None:
+        y_parts = [h, *ghost(h)]
+    h, c, gates = lstm_update(*project(x_parts, y_parts), c)
+    return [h, *ghost(h)], torch.cat([h, c], dim=-1), (*gates, c)
+
+
+# ------------------------------------------------------------------------------ folding
+
+
+def absorb_ghost(
+    weight: Tensor, bias: Tensor, affine: Optional[tuple[Tensor, Tensor]]
+) -> tuple[Tensor, Tensor]:
+    """W [h ; A h + c] + b as (W_h + W_g A) h + (b + W_g c): a consumer of y = [h ; g] absorbs a
+    linear ghost part. Unchanged when ``affine`` is None."""
+    if affine is None:
+        return weight, bias
+    ghost_w, ghost_b = affine
+    m = ghost_w.shape[1]
+    w_h, w_g = weight[:, :m], weight[:, m:]
+    return torch.addmm(w_h, w_g, ghost_w), torch.addmv(bias, w_g, ghost_b)
+
+
+def absorb_normalization(
+    weight: Tensor, bias: Tensor, mean: Tensor, std: Tensor
+) -> tuple[Tensor, Tensor]:
+    """W (x - mean) / std + b as (W / std) x + (b - W (mean / std)): raw features in."""
+    return weight / std, bias - weight @ (mean / std)
+
+
+# ------------------------------------------------------------------------------ cheap operations
+
+
 class CheapOperation(nn.Module):
     """phi: intrinsic state h (m) -> ghost state g (H - m), g = act(A h + c).
 
-    ``affine()`` returns the dense (A, c) it applies, which the fused path folds into the recurrent
-    weights and the scan path differentiates by hand.
+    ``affine()`` returns the dense (A, c) it applies: every path (step, scan, fold, export) uses it.
     """
 
     def __init__(self, intrinsic: int, ghost: int, activation: str = "none") -> None:
@@ -79,7 +222,7 @@ class CheapOperation(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         weight, bias = self.affine()
-        return _activate(F.linear(h, weight, bias), self.activation)
+        return activate(F.linear(h, weight, bias), self.activation)
 
 
 class LinearCheapOperation(CheapOperation):
@@ -116,89 +259,11 @@ class ElementwiseCheapOperation(CheapOperation):
     def macs(self) -> int:
         return self.ghost
 
-    def forward(self, h: Tensor) -> Tensor:
-        return _activate(h[..., self.source] * self.scale + self.bias, self.activation)
-
 
 CHEAP_OPERATIONS = {"linear": LinearCheapOperation, "elementwise": ElementwiseCheapOperation}
 
 
-def _activate(v: Tensor, name: str) -> Tensor:
-    if name == "tanh":
-        return torch.tanh(v)
-    if name == "relu":
-        return torch.relu(v)
-    if name == "sigmoid":
-        return torch.sigmoid(v)
-    return v
-
-
-def ghost_gru_step(
-    x: Tensor,
-    h: Tensor,
-    w_ih: Tensor,
-    b_ih: Tensor,
-    w_hh: Tensor,
-    b_hh: Tensor,
-    ghost_w: Tensor,
-    ghost_b: Tensor,
-    activation: str,
-) -> tuple[Tensor, Tensor]:
-    """One GhostGRU frame: x [B, D], intrinsic h [B, m] -> (y = [h' ; phi(h')], h')."""
-    m = h.shape[1]
-    y = _full_state(h, ghost_w, ghost_b, activation)
-    gi = torch.addmm(b_ih, x, w_ih.t())
-    gh = torch.addmm(b_hh, y, w_hh.t())
-    rz = torch.sigmoid(gi[:, : 2 * m] + gh[:, : 2 * m])
-    n = torch.tanh(torch.addcmul(gi[:, 2 * m :], rz[:, :m], gh[:, 2 * m :]))
-    h = torch.lerp(n, h, rz[:, m:])
-    return _full_state(h, ghost_w, ghost_b, activation), h
-
-
-def ghost_lstm_step(
-    x: Tensor,
-    state: Tensor,
-    w_ih: Tensor,
-    b_ih: Tensor,
-    w_hh: Tensor,
-    b_hh: Tensor,
-    ghost_w: Tensor,
-    ghost_b: Tensor,
-    activation: str,
-) -> tuple[Tensor, Tensor]:
-    """One GhostLSTM frame: x [B, D], state [B, 2m] = [h ; c] -> (y = [h' ; phi(h')], [h' ; c'])."""
-    m = state.shape[1] // 2
-    h, c = state[:, :m], state[:, m:]
-    y = _full_state(h, ghost_w, ghost_b, activation)
-    gates = torch.addmm(b_ih, x, w_ih.t()) + torch.addmm(b_hh, y, w_hh.t())
-    i, f, g, o = gates.chunk(4, 1)
-    c = torch.addcmul(torch.sigmoid(f) * c, torch.sigmoid(i), torch.tanh(g))
-    h = torch.sigmoid(o) * torch.tanh(c)
-    y = _full_state(h, ghost_w, ghost_b, activation)
-    return y, torch.cat([h, c], 1)
-
-
-_COMPILED_STEPS: dict[str, Any] = {}
-
-
-def compiled_step(cell: str) -> Any:
-    """The step kernel of ``cell`` compiled with TorchScript (at batch 1 a frame is a dozen tiny
-    ops, and running them without the Python interpreter in between is about 2.5x faster), or
-    the plain function where TorchScript is unavailable."""
-    if cell not in _COMPILED_STEPS:
-        function = ghost_gru_step if cell == "gru" else ghost_lstm_step
-        try:
-            with warnings.catch_warnings():  # its deprecation notice, once per process
-                warnings.simplefilter("ignore", DeprecationWarning)
-                _COMPILED_STEPS[cell] = torch.jit.script(function)
-        except Exception:  # TorchScript is deprecated; a torch without it runs the Python one
-            _COMPILED_STEPS[cell] = function
-    return _COMPILED_STEPS[cell]
-
-
-def _full_state(h: Tensor, ghost_w: Tensor, ghost_b: Tensor, activation: str) -> Tensor:
-    """y = [h ; act(A h + c)] for the scans (A may have zero rows: no ghost part)."""
-    return torch.cat([h, _activate(torch.addmm(ghost_b, h, ghost_w.t()), activation)], dim=1)
+# ------------------------------------------------------------------------------ the scans
 
 
 def _ghost_backward(
@@ -211,7 +276,7 @@ def _ghost_backward(
     if ghost_out.shape[1] == 0:
         return dh
     dpre = dy[:, m:]
-    local = _activation_grad(activation, ghost_out)
+    local = activation_grad(activation, ghost_out)
     if local is not None:
         dpre = dpre * local
     d_pre.copy_(dpre)
@@ -231,8 +296,37 @@ def _weight_grads(
     return d_flat.t() @ y_prev, d_flat.sum(0), d_pre_flat.t() @ h_all, d_pre_flat.sum(0)
 
 
+def _scan(
+    cell: str,
+    gi: Tensor,
+    state: Tensor,
+    w_hh: Tensor,
+    b_hh: Tensor,
+    ghost_w: Tensor,
+    ghost_b: Tensor,
+    activation: str,
+) -> tuple[Tensor, Tensor, Tensor, list[tuple[Tensor, ...]]]:
+    """``cell_step`` over time with this frame's input projection ``gi[t]`` given:
+    -> (y [T, B, H], y0 = [h0 ; phi(h0)], final state, what each step saved)."""
+    ghost = ghost_parts(ghost_w if ghost_w.shape[0] else None, ghost_b, activation)
+    m = ghost_w.shape[1]
+    y0 = cat([state[:, :m], *ghost(state[:, :m])])
+    y, saved = gi.new_empty(gi.shape[0], *y0.shape), []
+    for t in range(gi.shape[0]):
+
+        def project(_: list[Tensor], y_prev: list[Tensor], gi_t: Tensor = gi[t]) -> Any:
+            return split_projection(cell, m, gi_t, linear(cat(y_prev), w_hh, b_hh))
+
+        y_parts, state, cache = cell_step(
+            cell, m, [], state, project, ghost, [y[t - 1] if t else y0]
+        )
+        torch.cat(y_parts, dim=-1, out=y[t])  # the output, and the next step's recurrent input
+        saved.append(cache)
+    return y, y0, state, saved
+
+
 class _GhostGRUScan(torch.autograd.Function):
-    """GhostGRU recurrence over a whole sequence with a hand-written backward.
+    """GhostGRU over a sequence with a hand-written backward (the derivative of ``cell_step``).
 
     Inputs are time-major: gi [T, B, 3m] (input projections incl. bias_ih for all steps), h0 [B, m],
     w_hh [3m, H], b_hh [3m], A [G, m], c [G]. Output y [T, B, H] = [h_t ; act(A h_t + c)].
@@ -250,51 +344,30 @@ class _GhostGRUScan(torch.autograd.Function):
         ghost_b: Tensor,
         activation: str,
     ) -> Tensor:
-        steps, batch, _ = gi.shape
-        m = h0.shape[1]
-        y = gi.new_empty(steps, batch, w_hh.shape[1])
-        gates = gi.new_empty(steps, batch, 4 * m)  # r, z, n, (U_n y + b_hn) per step, for backward
-        y0 = _full_state(h0, ghost_w, ghost_b, activation)
-        y_prev, h_prev = y0, h0
-        w_t = w_hh.t()
-        for t in range(steps):
-            gh = torch.addmm(b_hh, y_prev, w_t)
-            g = gates[t]
-            torch.sigmoid(torch.add(gi[t, :, : 2 * m], gh[:, : 2 * m]), out=g[:, : 2 * m])
-            r, z = g[:, :m], g[:, m : 2 * m]
-            g[:, 3 * m :] = gh[:, 2 * m :]
-            torch.tanh(torch.addcmul(gi[t, :, 2 * m :], r, gh[:, 2 * m :]), out=g[:, 2 * m : 3 * m])
-            out = y[t]
-            torch.lerp(g[:, 2 * m : 3 * m], h_prev, z, out=out[:, :m])
-            h_prev = out[:, :m]
-            if out.shape[1] > m:
-                out[:, m:] = _activate(torch.addmm(ghost_b, h_prev, ghost_w.t()), activation)
-            y_prev = out
+        y, y0, _, saved = _scan("gru", gi, h0, w_hh, b_hh, ghost_w, ghost_b, activation)
+        r, z, n, h_n = (torch.stack(parts) for parts in zip(*saved))
         ctx.activation = activation
-        ctx.save_for_backward(y, y0, gates, w_hh, ghost_w)
+        ctx.save_for_backward(y, y0, r, z, n, h_n, w_hh, ghost_w)
         return y
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx: Any, dy: Tensor):  # type: ignore[override]
-        y, y0, gates, w_hh, ghost_w = ctx.saved_tensors
+        y, y0, r_all, z_all, n_all, h_n, w_hh, ghost_w = ctx.saved_tensors
         steps, batch, width = y.shape
         m = y0.shape[1] - ghost_w.shape[0]
         dy = dy.contiguous()
-        d_gh = torch.empty_like(gates[..., : 3 * m])  # grads of U y + b_hh per step
+        d_gh = y.new_empty(steps, batch, 3 * m)  # grads of U y + b_hh per step
         d_gi = torch.empty_like(d_gh)
         d_pre = y.new_zeros(steps + 1, batch, width - m)  # grads of A h + c (row 0: for y0)
         dy_rec = y.new_zeros(batch, width)  # grad reaching y_t through step t+1's U y_t
         dh_next = y.new_zeros(batch, m)  # grad reaching h_t through step t+1's z * h_t
         for t in range(steps - 1, -1, -1):
-            dyt = dy[t] + dy_rec
-            dh = _ghost_backward(dyt, y[t, :, m:], ghost_w, ctx.activation, d_pre[t + 1])
+            dh = _ghost_backward(dy[t] + dy_rec, y[t, :, m:], ghost_w, ctx.activation, d_pre[t + 1])
             dh = dh + dh_next
-            g = gates[t]
-            r, z, n, ghn = g[:, :m], g[:, m : 2 * m], g[:, 2 * m : 3 * m], g[:, 3 * m :]
+            r, z, n, ghn = r_all[t], z_all[t], n_all[t], h_n[t]
             h_prev = y[t - 1, :, :m] if t > 0 else y0[:, :m]
-            dn = dh * (1 - z)
-            da_n = dn * (1 - n * n)
+            da_n = dh * (1 - z) * (1 - n * n)
             d_gi[t, :, 2 * m :] = da_n
             d_gh[t, :, 2 * m :] = da_n * r
             d_gi[t, :, :m] = da_n * ghn * r * (1 - r)
@@ -308,9 +381,9 @@ class _GhostGRUScan(torch.autograd.Function):
 
 
 class _GhostLSTMScan(torch.autograd.Function):
-    """GhostLSTM recurrence with a hand-written backward; gate order i, f, g, o as torch.nn.LSTM.
+    """GhostLSTM over a sequence with a hand-written backward; gate order i, f, g, o.
 
-    Inputs: gi [T, B, 4m], h0 [B, m], c0 [B, m], w_hh [4m, H], b_hh [4m], A [G, m], c [G].
+    Inputs: gi [T, B, 4m], state [B, 2m] = [h0 ; c0], w_hh [4m, H], b_hh [4m], A [G, m], c [G].
     Outputs: y [T, B, H] and the final cell state [B, m].
     """
 
@@ -319,54 +392,34 @@ class _GhostLSTMScan(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any,
         gi: Tensor,
-        h0: Tensor,
-        c0: Tensor,
+        state: Tensor,
         w_hh: Tensor,
         b_hh: Tensor,
         ghost_w: Tensor,
         ghost_b: Tensor,
         activation: str,
     ) -> tuple[Tensor, Tensor]:
-        steps, batch, _ = gi.shape
-        m = h0.shape[1]
-        y = gi.new_empty(steps, batch, w_hh.shape[1])
-        gates = gi.new_empty(steps, batch, 4 * m)  # activated i, f, g, o
-        cells = gi.new_empty(steps, batch, m)
-        y0 = _full_state(h0, ghost_w, ghost_b, activation)
-        y_prev, c_prev = y0, c0
-        w_t = w_hh.t()
-        for t in range(steps):
-            pre = torch.addmm(b_hh, y_prev, w_t).add_(gi[t])
-            g = gates[t]
-            torch.sigmoid(pre, out=g)  # i, f, o (g's slot is overwritten next)
-            torch.tanh(pre[:, 2 * m : 3 * m], out=g[:, 2 * m : 3 * m])
-            c = cells[t]
-            torch.mul(g[:, m : 2 * m], c_prev, out=c)
-            c.addcmul_(g[:, :m], g[:, 2 * m : 3 * m])
-            out = y[t]
-            torch.mul(g[:, 3 * m :], torch.tanh(c), out=out[:, :m])
-            if out.shape[1] > m:
-                out[:, m:] = _activate(torch.addmm(ghost_b, out[:, :m], ghost_w.t()), activation)
-            y_prev, c_prev = out, c
+        y, y0, _, saved = _scan("lstm", gi, state, w_hh, b_hh, ghost_w, ghost_b, activation)
+        i, f, g, o, cells = (torch.stack(parts) for parts in zip(*saved))
+        c0 = state[:, ghost_w.shape[1] :]
         ctx.activation = activation
-        ctx.save_for_backward(y, y0, c0, gates, cells, w_hh, ghost_w)
+        ctx.save_for_backward(y, y0, c0, i, f, g, o, cells, w_hh, ghost_w)
         return y, cells[-1].clone()
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx: Any, dy: Tensor, dc_last: Tensor):  # type: ignore[override]
-        y, y0, c0, gates, cells, w_hh, ghost_w = ctx.saved_tensors
+        y, y0, c0, i_all, f_all, g_all, o_all, cells, w_hh, ghost_w = ctx.saved_tensors
         steps, batch, width = y.shape
         m = c0.shape[1]
         dy = dy.contiguous()
-        d_gates = torch.empty_like(gates)
+        d_gates = y.new_empty(steps, batch, 4 * m)
         d_pre = y.new_zeros(steps + 1, batch, width - m)
         dy_rec = y.new_zeros(batch, width)
         dc_next = dc_last.clone() if dc_last is not None else y.new_zeros(batch, m)
         for t in range(steps - 1, -1, -1):
             dh = _ghost_backward(dy[t] + dy_rec, y[t, :, m:], ghost_w, ctx.activation, d_pre[t + 1])
-            g = gates[t]
-            i, f, gg, o = g[:, :m], g[:, m : 2 * m], g[:, 2 * m : 3 * m], g[:, 3 * m :]
+            i, f, gg, o = i_all[t], f_all[t], g_all[t], o_all[t]
             c_prev = cells[t - 1] if t > 0 else c0
             tc = torch.tanh(cells[t])
             dc = dc_next + dh * o * (1 - tc * tc)
@@ -378,7 +431,29 @@ class _GhostLSTMScan(torch.autograd.Function):
             dc_next = dc * f
             dy_rec = dg @ w_hh
         dh0 = _ghost_backward(dy_rec, y0[:, m:], ghost_w, ctx.activation, d_pre[0])
-        return (d_gates, dh0, dc_next, *_weight_grads(d_gates, y, y0, d_pre), None)
+        d_state = torch.cat([dh0, dc_next], dim=1)
+        return (d_gates, d_state, *_weight_grads(d_gates, y, y0, d_pre), None)
+
+
+def fused_rnn(
+    cell: str,
+    x: Tensor,
+    state: Tensor,
+    weights: list[Tensor],
+    training: bool = False,
+    batch_first: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """torch's fused GRU/LSTM kernel (one layer, width m, weights in torch.nn.GRU/LSTM order):
+    x [B, T, D] (or [T, B, D]), state [1, B, S] -> (h for every frame, final state [1, B, S])."""
+    if cell == "gru":
+        return torch._VF.gru(x, state, weights, True, 1, 0.0, training, False, batch_first)
+    m = weights[1].shape[1]
+    hx = tuple(part.contiguous() for part in state.split([m, m], dim=-1))  # cuDNN wants them so
+    h, h_n, c_n = torch._VF.lstm(x, hx, weights, True, 1, 0.0, training, False, batch_first)
+    return h, torch.cat([h_n, c_n], dim=-1)
+
+
+# ------------------------------------------------------------------------------ layers
 
 
 class GhostRNNLayer(nn.Module):
@@ -420,6 +495,10 @@ class GhostRNNLayer(nn.Module):
         return self.intrinsic_size * (2 if self.cell == "lstm" else 1)
 
     @property
+    def activation(self) -> str:
+        return self.ghost.activation if self.ghost is not None else "none"
+
+    @property
     def foldable(self) -> bool:
         """True when the ghost operation is linear, so the layer is a width-m GRU/LSTM."""
         return self.ghost is None or self.ghost.is_linear
@@ -431,20 +510,21 @@ class GhostRNNLayer(nn.Module):
             return self.weight_hh.new_zeros(0, m), self.weight_hh.new_zeros(0)
         return self.ghost.affine()
 
+    def ghost_function(self) -> Ghost:
+        """phi as ``ghost_parts`` (h -> [g], or [] without a ghost part)."""
+        if self.ghost is None:
+            return ghost_parts(None, self.bias_hh, "none")
+        return ghost_parts(*self.ghost.affine(), self.activation)
+
     def folded_weights(self) -> tuple[Tensor, Tensor]:
         """Recurrent weights of the equivalent width-m cell: U_h + U_g A and b_hh + U_g c."""
-        m = self.intrinsic_size
         if self.ghost is None:
             return self.weight_hh, self.bias_hh
-        ghost_w, ghost_b = self.ghost.affine()
-        u_h, u_g = self.weight_hh[:, :m], self.weight_hh[:, m:]
-        return torch.addmm(u_h, u_g, ghost_w), torch.addmv(self.bias_hh, u_g, ghost_b)
+        return absorb_ghost(self.weight_hh, self.bias_hh, self.ghost.affine())
 
     def full_state(self, h: Tensor) -> Tensor:
         """y = [h ; phi(h)] for intrinsic state(s) h [..., m]."""
-        if self.ghost is None:
-            return h
-        return torch.cat([h, self.ghost.forward(h)], dim=-1)
+        return cat([h, *self.ghost_function()(h)])
 
     def initial_state(self, batch: int) -> Tensor:
         return self.weight_ih.new_zeros(batch, self.state_size)
@@ -455,65 +535,41 @@ class GhostRNNLayer(nn.Module):
             state = self.initial_state(x.shape[0])
         if x.shape[1] == 0:
             return x.new_zeros(x.shape[0], 0, self.hidden_size), state
-        m = self.intrinsic_size
         if self.use_fused and self.foldable:
             return self._forward_fused(x, state)
+        m = self.intrinsic_size
         gi = F.linear(x, self.weight_ih, self.bias_ih).transpose(0, 1).contiguous()
-        ghost_w, ghost_b = self.ghost_affine()
-        activation = self.ghost.activation if self.ghost is not None else "none"
+        args = (self.weight_hh, self.bias_hh, *self.ghost_affine(), self.activation)
+        if not torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type):
+            # inference: the scan alone, nothing kept for a backward
+            y, _, new_state, _ = _scan(self.cell, gi, state, *args)
+            return y.transpose(0, 1), new_state
         if self.cell == "gru":
-            y = _GhostGRUScan.apply(
-                gi, state, self.weight_hh, self.bias_hh, ghost_w, ghost_b, activation
-            )
+            y = _GhostGRUScan.apply(gi, state, *args)
             new_state = y[-1, :, :m]
         else:
-            h0, c0 = state[:, :m], state[:, m:]
-            y, c_last = _GhostLSTMScan.apply(
-                gi, h0, c0, self.weight_hh, self.bias_hh, ghost_w, ghost_b, activation
-            )
+            y, c_last = _GhostLSTMScan.apply(gi, state, *args)
             new_state = torch.cat([y[-1, :, :m], c_last], dim=1)
         return y.transpose(0, 1), new_state
 
     def _forward_fused(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        m = self.intrinsic_size
         w_hh, b_hh = self.folded_weights()
         weights = [self.weight_ih, w_hh, self.bias_ih, b_hh]
-        if self.cell == "gru":
-            h, h_n = torch._VF.gru(
-                x, state[None], weights, True, 1, 0.0, self.training, False, True
-            )
-            new_state = h_n[0]
-        else:
-            hx = (state[None, :, :m].contiguous(), state[None, :, m:].contiguous())
-            h, h_n, c_n = torch._VF.lstm(x, hx, weights, True, 1, 0.0, self.training, False, True)
-            new_state = torch.cat([h_n[0], c_n[0]], dim=1)
-        return self.full_state(h), new_state
+        h, new_state = fused_rnn(self.cell, x, state[None], weights, self.training)
+        return self.full_state(h), new_state[0]
+
+    def project(self, x_parts: list[Tensor], y_parts: list[Tensor]) -> tuple[Tensor, ...]:
+        """The gates' pre-activations from the input and the full recurrent state (two matmuls)."""
+        gi = linear(cat(x_parts), self.weight_ih, self.bias_ih)
+        gh = linear(cat(y_parts), self.weight_hh, self.bias_hh)
+        return split_projection(self.cell, self.intrinsic_size, gi, gh)
 
     def step(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """One frame: x [B, D], state [B, state_size] -> (y [B, H], new state).
-
-        Written as few tensor ops as possible: at batch 1 each op costs microseconds of overhead.
-        """
+        """One frame: x [B, D], state [B, state_size] -> (y [B, H], new state). The reference."""
+        ghost = self.ghost_function()
         m = self.intrinsic_size
-        if self.ghost is None:  # a plain GRU/LSTM: torch's fused cell
-            weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-            if self.cell == "gru":
-                h = torch.gru_cell(x, state, *weights)
-                return h, h
-            h, c = torch.lstm_cell(x, (state[:, :m], state[:, m:]), *weights)
-            return h, torch.cat([h, c], dim=1)
-        ghost_w, ghost_b = self.ghost.affine()
-        return compiled_step(self.cell)(
-            x,
-            state,
-            self.weight_ih,
-            self.bias_ih,
-            self.weight_hh,
-            self.bias_hh,
-            ghost_w,
-            ghost_b,
-            self.ghost.activation,
-        )
+        y_parts, state, _ = cell_step(self.cell, m, [x], state, self.project, ghost)
+        return cat(y_parts), state
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -524,6 +580,67 @@ class GhostRNNLayer(nn.Module):
         rows = self.weight_ih.shape[0]
         cheap = self.ghost.macs() if self.ghost is not None else 0
         return rows * (self.input_size + self.hidden_size) + cheap + 3 * self.intrinsic_size
+
+
+class PackedLayer(nn.Module):
+    """A layer's step for export: ``cell_step`` with the input and recurrent products as one matmul
+    over [x ; y] (fewer graph nodes per frame: at batch 1 a node's overhead, not its arithmetic,
+    sets most of its time), or, with ``fused`` (plain and folded layers only), torch's fused
+    kernel, which exports as one ONNX GRU/LSTM node.
+
+    ``weight`` [4m, D + H]: GRU rows [r | z | W_n x + b_in | U_n y + b_hn] (the n gate's two parts
+    apart, since r multiplies only the recurrent one, hence zero blocks), LSTM rows i f g o.
+    Built from the layer's parameters, optionally with another input projection (layer 0 with the
+    feature normalisation absorbed).
+    """
+
+    def __init__(
+        self,
+        layer: GhostRNNLayer,
+        weight_ih: Optional[Tensor] = None,
+        bias_ih: Optional[Tensor] = None,
+        fused: bool = False,
+    ) -> None:
+        super().__init__()
+        if fused and layer.ghost is not None:
+            raise ValueError("only layers without a ghost part run fused; fold the model first")
+        self.cell, self.activation, self.fused = layer.cell, layer.activation, fused
+        self.has_ghost = layer.ghost is not None
+        self.intrinsic_size = m = layer.intrinsic_size
+        w_ih = (layer.weight_ih if weight_ih is None else weight_ih).detach().clone()
+        b_ih = (layer.bias_ih if bias_ih is None else bias_ih).detach().clone()
+        w_hh, b_hh = layer.weight_hh.detach().clone(), layer.bias_hh.detach().clone()
+        if fused:
+            self.weights = nn.ParameterList([w_ih, w_hh, b_ih, b_hh])
+            return
+        d, width = w_ih.shape[1], layer.hidden_size
+        if self.cell == "gru":
+            x_rows = torch.cat([w_ih, w_ih.new_zeros(m, d)])
+            y_rows = torch.cat([w_hh[: 2 * m], w_hh.new_zeros(m, width), w_hh[2 * m :]])
+            bias = torch.cat([b_ih[: 2 * m] + b_hh[: 2 * m], b_ih[2 * m :], b_hh[2 * m :]])
+        else:
+            x_rows, y_rows, bias = w_ih, w_hh, b_ih + b_hh
+        self.register_buffer("weight", torch.cat([x_rows, y_rows], dim=1))
+        self.register_buffer("bias", bias)
+        ghost_w, ghost_b = layer.ghost_affine()
+        self.register_buffer("ghost_weight", ghost_w.detach().clone())
+        self.register_buffer("ghost_bias", ghost_b.detach().clone())
+
+    def project(self, x_parts: list[Tensor], y_parts: list[Tensor]) -> tuple[Tensor, ...]:
+        m = self.intrinsic_size
+        return linear(cat(x_parts + y_parts), self.weight, self.bias).split([m, m, m, m], dim=-1)
+
+    def step(self, x_parts: list[Tensor], state: Tensor) -> tuple[list[Tensor], Tensor]:
+        """x as parts, state [B, S] -> (y as parts [h, (g)], new state). When ``fused``: x
+        [1, B, D] (one frame, time-major), state [1, B, S], as the ONNX GRU/LSTM nodes want."""
+        if self.fused:
+            h, state = fused_rnn(self.cell, x_parts[0], state, list(self.weights), False, False)
+            return [h], state
+        weight = self.ghost_weight if self.has_ghost else None
+        ghost = ghost_parts(weight, self.ghost_bias, self.activation)
+        m = self.intrinsic_size
+        y_parts, state, _ = cell_step(self.cell, m, x_parts, state, self.project, ghost)
+        return y_parts, state
 
 
 class GhostRNN(nn.Module):
@@ -573,6 +690,10 @@ class GhostRNN(nn.Module):
     def intrinsic_size(self) -> int:
         return self.layers[0].intrinsic_size
 
+    @property
+    def foldable(self) -> bool:
+        return all(layer.foldable for layer in self.layers)
+
     def set_fused(self, enabled: bool) -> None:
         for layer in self.layers:
             layer.use_fused = enabled
@@ -599,6 +720,22 @@ class GhostRNN(nn.Module):
             x, s = layer.step(x, state[i])
             new_states.append(s)
         return x, torch.stack(new_states)
+
+    def fold_into(self, target: GhostRNN) -> Optional[tuple[Tensor, Tensor]]:
+        """Copy this stack, folded, into ``target``, a plain stack of width m: each layer's
+        recurrence and the next layer's input weights absorb the linear ghost part. Returns the
+        last layer's (A, c), which the stack's consumer must absorb (None when plain)."""
+        if not self.foldable:
+            raise ValueError("only stacks whose cheap operations have no activation fold")
+        previous: Optional[tuple[Tensor, Tensor]] = None  # (A, c) feeding this layer
+        with torch.no_grad():
+            for source, dest in zip(self.layers, target.layers):
+                w_ih, b_ih = absorb_ghost(source.weight_ih, source.bias_ih, previous)
+                w_hh, b_hh = source.folded_weights()
+                for name, value in zip(GATE_PARAMETERS, (w_ih, w_hh, b_ih, b_hh)):
+                    getattr(dest, name).copy_(value)
+                previous = source.ghost.affine() if source.ghost is not None else None
+        return previous
 
     def state_bytes(self, bytes_per_value: int = 4) -> int:
         """Recurrent memory for one stream."""

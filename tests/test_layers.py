@@ -1,13 +1,18 @@
-"""GhostRNN layers: exactness against torch's GRU/LSTM, step == sequence, gradients, counts."""
+"""GhostRNN layers: the per-frame step is the reference; the scan (forward and hand-written
+backward), the fused kernel and the packed export form are each held to it, for every cell,
+cheap operation and activation. Also exactness against torch's GRU/LSTM and the counts."""
 
 import math
 
 import pytest
 import torch
 
-from kws_ghost.layers import GhostRNN, GhostRNNLayer
+import kws_ghost.layers as layers
+from kws_ghost.layers import GhostRNN, GhostRNNLayer, PackedLayer
 
 CELLS = [("gru", torch.nn.GRU), ("lstm", torch.nn.LSTM)]
+ACTIVATIONS = ["none", "tanh", "relu", "sigmoid"]
+CHEAP_OPS = ["linear", "elementwise"]
 
 
 def copy_into_torch(rnn: GhostRNN, ref: torch.nn.RNNBase) -> None:
@@ -24,80 +29,239 @@ def torch_state(rnn: GhostRNN, state: torch.Tensor):
     return (state[..., :m].contiguous(), state[..., m:].contiguous())
 
 
-@pytest.mark.parametrize("fused", [True, False])
+def make_rnn(cell, cheap_op="linear", activation="tanh", num_layers=2, ratio=2, seed=0, **kw):
+    torch.manual_seed(seed)
+    rnn = GhostRNN(cell, 5, 12, num_layers, ratio, cheap_op, activation, **kw)
+    for layer in rnn.layers:  # non-zero ghost biases, so that their terms are exercised
+        if layer.ghost is not None:
+            torch.nn.init.uniform_(layer.ghost.bias, -0.5, 0.5)
+    return rnn
+
+
+def run_steps(rnn, x, state):
+    """The reference: ``step`` frame by frame, state carried."""
+    outputs = []
+    for t in range(x.shape[1]):
+        y, state = rnn.step(x[:, t], state)
+        outputs.append(y)
+    return torch.stack(outputs, 1), state
+
+
+def gradients(fn, tensors):
+    out, state = fn()
+    (out.square().sum() + (state * torch.linspace(-1, 1, state.shape[-1])).sum()).backward()
+    grads = [t.grad.clone() for t in tensors]
+    for t in tensors:
+        t.grad = None
+    return out.detach(), state.detach(), grads
+
+
+# ------------------------------------------------------------------------ torch's GRU/LSTM
+
+
+@pytest.mark.parametrize("path", ["fused", "scan", "step"])
 @pytest.mark.parametrize("cell,reference", CELLS)
-def test_ratio_one_equals_torch_rnn(cell, reference, fused):
+def test_ratio_one_equals_torch_rnn(cell, reference, path):
     torch.manual_seed(0)
     rnn = GhostRNN(cell, 12, 16, num_layers=2, ratio=1)
-    rnn.set_fused(fused)
+    rnn.set_fused(path == "fused")
     ref = reference(12, 16, num_layers=2, batch_first=True)
     copy_into_torch(rnn, ref)
     x = torch.randn(3, 25, 12)
     state = 0.5 * torch.randn(2, 3, rnn.state_size)
-    y, new_state = rnn(x, state)
+    y, new_state = run_steps(rnn, x, state) if path == "step" else rnn(x, state)
     y_ref, state_ref = ref(x, torch_state(rnn, state))
     assert y.shape == (3, 25, 16)
     assert torch.allclose(y, y_ref, atol=1e-5)
-    if cell == "gru":
-        assert torch.allclose(new_state, state_ref, atol=1e-5)
-    else:
-        assert torch.allclose(new_state, torch.cat(state_ref, dim=-1), atol=1e-5)
+    if cell == "lstm":
+        state_ref = torch.cat(state_ref, dim=-1)
+    assert torch.allclose(new_state, state_ref, atol=1e-5)
 
 
+# ------------------------------------------------------------------------ scan vs step
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("cheap_op", CHEAP_OPS)
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-@pytest.mark.parametrize("cheap_op", ["linear", "elementwise"])
-@pytest.mark.parametrize("activation", ["none", "tanh", "relu"])
-def test_step_equals_sequence(cell, cheap_op, activation):
-    torch.manual_seed(1)
-    rnn = GhostRNN(cell, 10, 24, num_layers=2, ratio=3, cheap_op=cheap_op, activation=activation)
-    rnn.eval()
-    x = torch.randn(2, 17, 10)
-    state = 0.3 * torch.randn(2, 2, rnn.state_size)
-    y, final = rnn(x, state)
-    s = state
-    for t in range(x.shape[1]):
-        y_t, s = rnn.step(x[:, t], s)
-        assert torch.allclose(y_t, y[:, t], atol=1e-5), t
-    assert torch.allclose(s, final, atol=1e-5)
+def test_scan_forward_and_backward_equal_the_step(cell, cheap_op, activation, num_layers):
+    rnn = make_rnn(cell, cheap_op, activation, num_layers).double()
+    rnn.set_fused(False)  # the scan, even where the layer could fold
+    x = torch.randn(3, 9, 5, dtype=torch.double, requires_grad=True)
+    state = (0.5 * torch.randn(num_layers, 3, rnn.state_size, dtype=torch.double)).requires_grad_()
+    tensors = [x, state, *rnn.parameters()]
+    y_scan, s_scan, g_scan = gradients(lambda: rnn(x, state), tensors)
+    y_step, s_step, g_step = gradients(lambda: run_steps(rnn, x, state), tensors)
+    assert torch.allclose(y_scan, y_step, atol=1e-10)
+    assert torch.allclose(s_scan, s_step, atol=1e-10)
+    with torch.inference_mode():  # inference runs the scan without its autograd function
+        y_inference, s_inference = rnn(x, state)
+    assert torch.allclose(y_inference, y_step, atol=1e-10)
+    assert torch.allclose(s_inference, s_step, atol=1e-10)
+    names = ["x", "state", *(name for name, _ in rnn.named_parameters())]
+    for name, a, b in zip(names, g_scan, g_step):
+        assert b.abs().sum() > 0, name  # every gradient is exercised
+        assert torch.allclose(a, b, atol=1e-9), name
 
 
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("cheap_op", CHEAP_OPS)
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-@pytest.mark.parametrize("activation", ["none", "tanh"])
-def test_fused_path_equals_scan_path(cell, activation):
-    torch.manual_seed(2)
-    layer = GhostRNNLayer(cell, 8, 20, ratio=2, cheap_op="linear", activation=activation)
-    x = torch.randn(4, 9, 8)
-    outputs = []
-    for fused in (True, False):
-        layer.use_fused = fused
-        y, s = layer(x)
-        (y.square().sum() + s.sum()).backward()
-        grads = [p.grad.clone() for p in layer.parameters()]
-        layer.zero_grad()
-        outputs.append((y.detach(), s.detach(), grads))
-    (y1, s1, g1), (y2, s2, g2) = outputs
-    assert torch.allclose(y1, y2, atol=1e-5) and torch.allclose(s1, s2, atol=1e-5)
-    for a, b in zip(g1, g2):
-        assert torch.allclose(a, b, atol=1e-4)
-
-
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
-@pytest.mark.parametrize("cheap_op", ["linear", "elementwise"])
-def test_hand_written_backward_passes_gradcheck(cell, cheap_op):
+def test_hand_written_backward_passes_gradcheck(cell, cheap_op, activation):
     torch.manual_seed(3)
-    layer = GhostRNNLayer(cell, 4, 6, ratio=2, cheap_op=cheap_op, activation="tanh").double()
+    layer = GhostRNNLayer(cell, 3, 6, ratio=2, cheap_op=cheap_op, activation=activation).double()
+    with torch.no_grad():
+        if layer.ghost is not None:
+            layer.ghost.bias.uniform_(-0.5, 0.5)
     layer.use_fused = False
-    x = torch.randn(2, 5, 4, dtype=torch.double, requires_grad=True)
+    x = torch.randn(2, 4, 3, dtype=torch.double, requires_grad=True)
     state = (0.5 * torch.randn(2, layer.state_size, dtype=torch.double)).requires_grad_()
-    params = list(layer.parameters())
+    names = [n for n, _ in layer.named_parameters()]
 
     def run(x, state, *weights):
-        with torch.nn.utils.stateless._reparametrize_module(
-            layer, dict(zip([n for n, _ in layer.named_parameters()], weights))
-        ):
+        with torch.nn.utils.stateless._reparametrize_module(layer, dict(zip(names, weights))):
             return layer(x, state)
 
-    assert torch.autograd.gradcheck(run, (x, state, *params))
+    assert torch.autograd.gradcheck(run, (x, state, *layer.parameters()))
+
+
+def test_scan_and_step_run_the_one_cell_function(monkeypatch):
+    calls = {"gru": 0, "lstm": 0}
+    for cell, name in (("gru", "gru_update"), ("lstm", "lstm_update")):
+        original = getattr(layers, name)
+
+        def counting(*args, _original=original, _cell=cell):
+            calls[_cell] += 1
+            return _original(*args)
+
+        monkeypatch.setattr(layers, name, counting)
+    for cell in ("gru", "lstm"):
+        rnn = make_rnn(cell, num_layers=1)
+        x = torch.randn(2, 7, 5)
+        rnn(x)  # scan: once per frame
+        assert calls[cell] == 7
+        run_steps(rnn, x, rnn.initial_state(2))  # step: once per frame
+        assert calls[cell] == 14
+        packed = PackedLayer(rnn.layers[0])
+        packed.step([x[:, 0]], rnn.initial_state(2)[0])
+        assert calls[cell] == 15
+
+
+# ------------------------------------------------------------------------ fused vs step
+
+
+FOLDABLE = [("linear", "none", 2), ("elementwise", "none", 2), ("linear", "tanh", 1)]
+
+
+@pytest.mark.parametrize("cheap_op,activation,ratio", FOLDABLE)
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_fused_path_is_taken_and_equals_the_step(monkeypatch, cell, cheap_op, activation, ratio):
+    rnn = make_rnn(cell, cheap_op, activation, num_layers=2, ratio=ratio).double()
+    taken = []
+    original = GhostRNNLayer._forward_fused
+
+    def spy(self, x, state):
+        taken.append(self)
+        return original(self, x, state)
+
+    monkeypatch.setattr(GhostRNNLayer, "_forward_fused", spy)
+    monkeypatch.setattr(layers._GhostGRUScan, "apply", None)  # the scan must not run
+    monkeypatch.setattr(layers._GhostLSTMScan, "apply", None)
+    x = torch.randn(3, 8, 5, dtype=torch.double, requires_grad=True)
+    state = (0.5 * torch.randn(2, 3, rnn.state_size, dtype=torch.double)).requires_grad_()
+    tensors = [x, state, *rnn.parameters()]
+    y_fused, s_fused, g_fused = gradients(lambda: rnn(x, state), tensors)
+    assert taken == list(rnn.layers)  # every layer ran the fused kernel
+    y_step, s_step, g_step = gradients(lambda: run_steps(rnn, x, state), tensors)
+    assert torch.allclose(y_fused, y_step, atol=1e-10)
+    assert torch.allclose(s_fused, s_step, atol=1e-10)
+    names = ["x", "state", *(name for name, _ in rnn.named_parameters())]
+    for name, a, b in zip(names, g_fused, g_step):
+        assert b.abs().sum() > 0, name
+        assert torch.allclose(a, b, atol=1e-9), name
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid"])
+def test_layers_with_an_activation_never_take_the_fused_path(monkeypatch, activation):
+    monkeypatch.setattr(GhostRNNLayer, "_forward_fused", None)  # calling it would fail
+    rnn = make_rnn("gru", activation=activation)
+    assert not rnn.foldable
+    y, _ = rnn(torch.randn(2, 4, 5))
+    assert y.shape == (2, 4, 12)
+
+
+# ------------------------------------------------------------------------ packed vs step
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("cheap_op", CHEAP_OPS)
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_packed_layer_equals_the_step(cell, cheap_op, activation):
+    layer = make_rnn(cell, cheap_op, activation, num_layers=1).layers[0]
+    packed = PackedLayer(layer)
+    x, state = torch.randn(4, 5), 0.5 * torch.randn(4, layer.state_size)
+    with torch.no_grad():
+        y, new_state = layer.step(x, state)
+        y_parts, packed_state = packed.step([x], state)
+    assert len(y_parts) == 2  # [h, g]: the next consumer concatenates them once
+    assert torch.allclose(torch.cat(y_parts, -1), y, atol=1e-6)
+    assert torch.allclose(packed_state, new_state, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_fused_packed_layer_equals_the_step(cell):
+    layer = make_rnn(cell, num_layers=1, ratio=1).layers[0]
+    packed = PackedLayer(layer, fused=True)
+    x, state = torch.randn(4, 5), 0.5 * torch.randn(4, layer.state_size)
+    with torch.no_grad():
+        y, new_state = layer.step(x, state)
+        (h,), packed_state = packed.step([x[None]], state[None])  # time-major, one frame
+    assert torch.allclose(h[0], y, atol=1e-6) and torch.allclose(
+        packed_state[0], new_state, atol=1e-6
+    )
+    with pytest.raises(ValueError, match="fold the model first"):
+        PackedLayer(make_rnn(cell, num_layers=1).layers[0], fused=True)
+
+
+# ------------------------------------------------------------------------ folding identities
+
+
+def test_folded_weights_reproduce_the_ghost_recurrence():
+    torch.manual_seed(5)
+    layer = GhostRNNLayer("gru", 5, 12, ratio=3, cheap_op="elementwise", activation="none")
+    torch.nn.init.uniform_(layer.ghost.bias, -0.5, 0.5)
+    w_hh, b_hh = layer.folded_weights()
+    h = torch.randn(4, layer.intrinsic_size)
+    full = torch.nn.functional.linear(layer.full_state(h), layer.weight_hh, layer.bias_hh)
+    assert torch.allclose(full, torch.nn.functional.linear(h, w_hh, b_hh), atol=1e-5)
+
+
+def test_absorbed_normalisation_takes_raw_features():
+    torch.manual_seed(6)
+    weight, bias = torch.randn(6, 4), torch.randn(6)
+    mean, std = torch.tensor([-300.0, 2.0, 0.5, 9.0]), torch.tensor([40.0, 3.0, 0.2, 1.0])
+    raw = torch.randn(5, 4) * std + mean
+    w, b = layers.absorb_normalization(weight, bias, mean, std)
+    expected = torch.nn.functional.linear((raw - mean) / std, weight, bias)
+    assert torch.allclose(torch.nn.functional.linear(raw, w, b), expected, atol=1e-4)
+
+
+def test_fold_into_refuses_an_activation():
+    rnn = make_rnn("gru", activation="tanh")
+    with pytest.raises(ValueError, match="no activation"):
+        rnn.fold_into(make_rnn("gru", ratio=1))
+
+
+def test_elementwise_cheap_operation_is_its_dense_affine():
+    torch.manual_seed(7)
+    op = layers.ElementwiseCheapOperation(4, 7, "tanh")
+    h = torch.randn(3, 4)
+    expected = torch.tanh(h[:, torch.arange(7) % 4] * op.scale + op.bias)
+    assert torch.allclose(op(h), expected, atol=1e-6)
+
+
+# ------------------------------------------------------------------------ counts and state
 
 
 @pytest.mark.parametrize("arch_cell", ["gru", "lstm"])
@@ -121,7 +285,7 @@ def closed_form_params(cell, d, h, s, cheap_op):
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-@pytest.mark.parametrize("cheap_op", ["linear", "elementwise"])
+@pytest.mark.parametrize("cheap_op", CHEAP_OPS)
 @pytest.mark.parametrize("d,h,s", [(40, 128, 2), (40, 128, 1), (13, 50, 3), (128, 64, 1.5)])
 def test_parameter_count_matches_closed_form(cell, cheap_op, d, h, s):
     layer = GhostRNNLayer(cell, d, h, ratio=s, cheap_op=cheap_op)
@@ -142,15 +306,6 @@ def test_state_holds_only_intrinsic_dimensions():
     lstm = GhostRNN("lstm", 40, 128, num_layers=2, ratio=4)
     assert lstm.initial_state(1).shape == (2, 1, 64)  # h and c, 32 each
     assert rnn.state_bytes() == 2 * 64 * 4
-
-
-def test_folded_weights_reproduce_the_ghost_recurrence():
-    torch.manual_seed(5)
-    layer = GhostRNNLayer("gru", 5, 12, ratio=3, cheap_op="elementwise", activation="none")
-    w_hh, b_hh = layer.folded_weights()
-    h = torch.randn(4, layer.intrinsic_size)
-    full = torch.nn.functional.linear(layer.full_state(h), layer.weight_hh, layer.bias_hh)
-    assert torch.allclose(full, torch.nn.functional.linear(h, w_hh, b_hh), atol=1e-5)
 
 
 def test_empty_sequence_keeps_state():

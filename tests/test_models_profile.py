@@ -13,7 +13,7 @@ from kws_ghost.profile import compare, profile_config
 
 
 @pytest.mark.parametrize("arch", ["ghost-gru", "gru", "ghost-lstm", "lstm"])
-@pytest.mark.parametrize("pooling", ["mean", "last"])
+@pytest.mark.parametrize("pooling", ["max", "mean", "last"])
 def test_factory_builds_each_architecture(arch, pooling):
     config = ModelConfig(
         arch=arch, input_dim=20, hidden=32, layers=2, num_classes=5, pooling=pooling
@@ -21,16 +21,18 @@ def test_factory_builds_each_architecture(arch, pooling):
     model = build_model(config).eval()
     features = torch.randn(3, 30, 20)
     logits, state = model(features)
-    assert logits.shape == (3, 5)
-    # The head is linear: clip logits are the mean (or last) of per-frame logits.
-    frames, _ = model.frame_logits(features)
-    pooled = frames.mean(1) if pooling == "mean" else frames[:, -1]
-    assert torch.allclose(logits, pooled, atol=1e-5)
-    # Frame by frame with the step API gives the same per-frame logits.
+    assert logits.shape == (3, 30, 5)  # per-frame logits, whatever the pooling
+    assert state.shape == (2, 3, model.rnn.state_size)
+    # Frame by frame with the step API gives the same per-frame logits and state.
     s = model.initial_state(3)
     for t in range(features.shape[1]):
         step_logits, s = model.step(features[:, t], s)
-        assert torch.allclose(step_logits, frames[:, t], atol=1e-5)
+        assert torch.allclose(step_logits, logits[:, t], atol=1e-5)
+    assert torch.allclose(s, state, atol=1e-5)
+    # Chunks with the state carried give the one-pass result.
+    first, carried = model(features[:, :11])
+    second, _ = model(features[:, 11:], carried)
+    assert torch.allclose(torch.cat([first, second], 1), logits, atol=1e-5)
 
 
 def test_normalisation_is_applied_inside_the_model():

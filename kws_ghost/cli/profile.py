@@ -6,12 +6,13 @@ from typing import Any, Optional
 
 import click
 
-from kws_ghost.cli.options import json_option, model_config_from, model_options
+from kws_ghost.cli.options import config_from, config_options, json_option
+from kws_ghost.config import ModelConfig
 
 
 @click.command()
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=False))
-@model_options
+@config_options(ModelConfig)
 @click.option(
     "--input-dim", type=click.IntRange(1), default=40, show_default=True, help="Features per frame."
 )
@@ -51,7 +52,7 @@ def profile(
         loaded = load_checkpoint(checkpoint)
         config, frontend = loaded.model_config, loaded.frontend_config
     else:
-        config = model_config_from(options, input_dim=input_dim, num_classes=classes)
+        config = config_from(ModelConfig, options, input_dim=input_dim, num_classes=classes)
         frontend = None
     if fold:
         result = folded_profile(config, frontend, compare)
