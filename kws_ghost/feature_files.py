@@ -59,17 +59,15 @@ def plan_outputs(inputs: tuple[str, ...], out: Path, plot: bool = False) -> list
 def features_of_file(path: Path, stream: Any, config: Any) -> Any:
     """Features of one file, read in blocks through the streaming front-end (bounded memory)."""
     import numpy as np
-    import torch
 
     from kws_ghost.audio import iter_audio_blocks
 
     stream.reset()
-    with torch.inference_mode():
-        parts = [stream.push(block) for block in iter_audio_blocks(path, config.sample_rate)]
+    parts = [stream.push(block) for block in iter_audio_blocks(path, config.sample_rate)]
     parts = [p for p in parts if p.shape[0]]
     if not parts:
         return np.zeros((0, config.num_features), np.float32)
-    return (parts[0] if len(parts) == 1 else torch.cat(parts)).cpu().numpy()
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def extract_file(job: dict[str, Any], stream: Any, config: Any, plot: bool) -> dict[str, Any]:
@@ -153,12 +151,11 @@ def extract_folder(
 def plot_file(path: Path, png: Path, config: Any) -> None:
     """Waveform, power spectrogram and features of (the first 30 s of) ``path`` in one PNG."""
     import numpy as np
-    import torch
     from matplotlib.figure import Figure
 
     from kws_ghost.audio import iter_audio_blocks
-    from kws_ghost.features import Frontend, frame_times
     from kws_ghost.fileio import atomic_path
+    from kws_ghost.frontend import features_from_power, frame_times, power_spectrogram
 
     limit = int(PLOT_MAX_SECONDS * config.sample_rate)
     blocks, total = [], 0
@@ -168,11 +165,8 @@ def plot_file(path: Path, png: Path, config: Any) -> None:
         if total >= limit:
             break
     audio = np.concatenate(blocks)
-    frontend = Frontend(config)
-    with torch.inference_mode():
-        power = frontend.power_spectrogram(torch.from_numpy(audio))
-        feats = frontend.features_from_power(power).numpy()
-    power = power.numpy()
+    power = power_spectrogram(audio, config)
+    feats = features_from_power(power, config)
     duration = len(audio) / config.sample_rate
 
     fig = Figure(figsize=(10, 7.5), dpi=100)

@@ -13,12 +13,13 @@ from click.testing import CliRunner
 from kws_ghost.audio import load_audio
 from kws_ghost.cli import main
 from kws_ghost.config import FrontendConfig, ModelConfig
-from kws_ghost.features import (
-    Frontend,
+from kws_ghost.features import Frontend
+from kws_ghost.frontend import (
     StreamingFrontend,
     compute_features,
     dct_matrix,
     librosa_features,
+    mel_filterbank,
 )
 
 RATE = 16000
@@ -56,15 +57,33 @@ librosa_reference = librosa_features
     ],
     ids=["mfcc-default", "logmel-default", "mfcc-13-hop20-nofmax"],
 )
-def test_matches_librosa(config):
+def test_numpy_and_torch_front_ends_match_librosa(config):
     audio = speechlike()
     ours = compute_features(audio, config)
     theirs = librosa_reference(audio, config)
+    with torch.inference_mode():
+        batched = Frontend(config)(torch.from_numpy(audio)).numpy()
     assert ours.shape == theirs.shape == (config.num_frames(len(audio)), config.num_features)
-    assert ours.dtype == np.float32
+    assert ours.dtype == np.float32 and batched.shape == ours.shape
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=LIBROSA_ATOL_DB)
+    np.testing.assert_allclose(batched, theirs, rtol=0, atol=LIBROSA_ATOL_DB)
+    np.testing.assert_allclose(batched, ours, rtol=0, atol=LIBROSA_ATOL_DB)
     if config.kind == "logmel":  # the digital silence sits exactly on the floor
         assert ours.min() == pytest.approx(10 * np.log10(config.log_floor))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(16000, 512, 40, 20.0, 7600.0), (16000, 400, 80, 0.0, None), (8000, 256, 23, 100.0, 3000.0)],
+)
+def test_mel_filterbank_is_librosas(args):
+    import librosa
+
+    rate, n_fft, n_mels, fmin, fmax = args
+    expected = librosa.filters.mel(
+        sr=rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=False, norm="slaney"
+    )
+    np.testing.assert_allclose(mel_filterbank(*args), expected, rtol=1e-5, atol=1e-8)
 
 
 def test_dct_matrix_is_scipy_orthonormal_dct():
@@ -122,46 +141,44 @@ def test_gradients_reach_the_audio():
 def test_streaming_equals_offline_for_random_chunks(seed):
     config = FrontendConfig()
     audio = speechlike(2.5, seed)
-    offline = Frontend(config)(torch.from_numpy(audio))
+    offline = compute_features(audio, config)
     rng = np.random.default_rng(seed)
     stream = StreamingFrontend(config)
     outputs, position = [], 0
     while position < len(audio):
         size = int(rng.choice([0, 1, 2, 159, 160, 161, 511, 512, 513, rng.integers(1, 7000)]))
-        chunk = audio[position : position + size]
-        if seed % 2:
-            chunk = torch.from_numpy(chunk.copy())  # tensors and arrays both accepted
-        new = stream.push(chunk)
+        new = stream.push(audio[position : position + size])
         assert new.shape[1] == 40
         outputs.append(new)
         position = min(position + size, len(audio))
         assert stream.pending_samples < config.n_fft
         assert stream.frames_emitted == config.num_frames(position)
-    streamed = torch.cat(outputs)
+    streamed = np.concatenate(outputs)
     assert streamed.shape == offline.shape
-    torch.testing.assert_close(streamed, offline, rtol=0, atol=STREAM_ATOL_DB)
+    np.testing.assert_allclose(streamed, offline, rtol=0, atol=STREAM_ATOL_DB)
 
 
 def test_streaming_one_sample_at_a_time_and_reset():
     config = FrontendConfig(kind="logmel")
     audio = speechlike(0.1, 7)
-    offline = Frontend(config)(torch.from_numpy(audio))
+    offline = compute_features(audio, config)
     stream = StreamingFrontend(config)
-    streamed = torch.cat([stream.push(audio[i : i + 1]) for i in range(len(audio))])
-    torch.testing.assert_close(streamed, offline, rtol=0, atol=STREAM_ATOL_DB)
+    streamed = np.concatenate([stream.push(audio[i : i + 1]) for i in range(len(audio))])
+    np.testing.assert_allclose(streamed, offline, rtol=0, atol=STREAM_ATOL_DB)
     stream.reset()
     assert stream.frames_emitted == 0 and stream.pending_samples == 0
-    torch.testing.assert_close(stream.push(audio), offline, rtol=0, atol=STREAM_ATOL_DB)
+    np.testing.assert_allclose(stream.push(audio), offline, rtol=0, atol=STREAM_ATOL_DB)
     assert stream.push(np.zeros(0, np.float32)).shape == (0, 40)
     assert stream.push(audio[None, :200]).shape[1] == 40  # [1, n] is mono too
     with pytest.raises(ValueError):
         stream.push(np.zeros((2, 100), np.float32))
 
 
-def test_importing_features_does_not_import_librosa():
+def test_the_numpy_front_end_imports_neither_torch_nor_librosa():
     code = (
-        "import sys, kws_ghost.features, kws_ghost.audio, kws_ghost.cli.features; "
-        "assert 'librosa' not in sys.modules, 'librosa imported'"
+        "import sys, kws_ghost.frontend, kws_ghost.audio, kws_ghost.cli.features; "
+        "assert 'librosa' not in sys.modules, 'librosa imported'; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

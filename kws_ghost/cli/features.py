@@ -93,26 +93,17 @@ def features(
 
     jobs = plan_outputs(inputs, out, plot)
 
-    import torch
-
-    from kws_ghost.features import StreamingFrontend
+    from kws_ghost.frontend import StreamingFrontend
     from kws_ghost.progress import progress_enabled
 
     stream = StreamingFrontend(config)
     results = []
-    # One clip is ~100 frames: handing such small ops to a second thread costs more than it
-    # saves (measured 4x slower with 2 threads on a busy 2-core machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for job in jobs:
-            if job["kind"] == "file":
-                results.append(extract_file(job, stream, config, plot))
-            else:
-                progress = progress_enabled(None, as_json)
-                results.append(extract_folder(job, stream, config, plot, max_plots, progress))
-    finally:
-        torch.set_num_threads(threads)
+    for job in jobs:
+        if job["kind"] == "file":
+            results.append(extract_file(job, stream, config, plot))
+        else:
+            progress = progress_enabled(None, as_json)
+            results.append(extract_folder(job, stream, config, plot, max_plots, progress))
 
     if as_json:
         from kws_ghost.cli import echo_json
