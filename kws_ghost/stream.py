@@ -1,41 +1,49 @@
 """Streaming keyword detection: samples in, events out, in bounded memory.
 
-Three explicit stages, each usable alone:
+Three stages, each usable alone:
 
-* ``StreamingFrontend`` (features.py) turns samples into frames, each computed once;
-* ``WindowScorer`` keeps a ring buffer of the last window's frames (default 1 s) and, every hop,
-  scores that window with the classifier: exactly the offline classifier's posteriors for the
-  same audio window, because frames and model are the same;
-* ``EventDecoder`` smooths the posteriors (moving average over the last ``smoothing`` hops),
-  applies the threshold, a minimum number of consecutive hops above it (patience), and a
-  refractory period, and turns runs of high scores into events, at most one per word.
-  ``_silence_`` and ``_unknown_`` never fire.
+* ``StreamingFrontend`` (``kws_ghost.frontend``) turns samples into feature frames, each once;
+* a *scorer* turns frames into per-frame posteriors. ``stream``: the recurrent model stepped once
+  per frame with its state carried (``FrameScorer``), the model a device runs. ``segments``:
+  the same posteriors for a file computed as a batch of segments with a warm-up overlap
+  (``SegmentScorer``, many times faster; tested to give the events of ``stream``). ``window``:
+  every ``hop`` the trailing 1 s window is rescored from the zero state, for models trained on
+  isolated clips, whose state is not meant to be carried;
+* ``EventDecoder`` smooths the posteriors (moving average over ``smoothing`` seconds), applies
+  the threshold, ``patience`` (seconds above it before a run counts) and a ``refractory`` period
+  after each event, and turns each run of high scores into one event. ``_silence_`` and
+  ``_unknown_`` never fire.
 
-A run of high scores ends when its keyword's score falls back below the threshold (or the run
-reaches a window's length). Its event spans the speech around the run: the loud stretch of the
-first and last windows' frames (mean log-mel level) that overlaps the intersection of those
-windows. The intersection alone is often too coarse: a model may keep firing while the word leaves
-the window. The event is given out once no later run can reach that speech (about 1.2 s after the
-word with the defaults), so that a word's tail scored as another keyword cannot add a second one.
-
-Windows are scored in batches (all the hops a pushed block completes) so a file runs fast; a live
-stream that pushes 10-100 ms at a time gets its scores as soon as each hop completes.
+A streaming model fires as it hears the end of the word, so an event is given out when its run
+of high scores ends (typically 0.1-0.3 s after the word). Its span is the word's speech: the loud
+stretch (mean log-mel level above the midpoint between the floor and the peak of the last
+couple of seconds) that ends nearest the moment the model fired.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
-from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Optional, Protocol
+from collections.abc import Iterable, Iterator
+from typing import Any, Optional
 
 import numpy as np
 
 from kws_ghost.config import DetectorConfig, FrontendConfig
-from kws_ghost.data import SILENCE, UNKNOWN
 from kws_ghost.errors import KwsError
+from kws_ghost.frontend import StreamingFrontend, frame_levels
+from kws_ghost.runtime import (
+    SILENCE,
+    UNKNOWN,
+    FrameScorer,
+    KeywordRuntime,
+    SegmentScorer,
+    softmax,
+)
+
+SCORERS = ("auto", "stream", "segments", "window")
+LOOKBACK_SECONDS = 2.5  # levels kept to find a word's speech before the model fires
+MAX_RUN_SECONDS = 1.0  # a run of high scores this long gives its event without waiting more
+MIN_EVENT_SECONDS = 0.05
 
 
 @dataclasses.dataclass
@@ -54,178 +62,76 @@ class Event:
         }
 
 
-@dataclasses.dataclass
-class WindowScore:
-    """Posteriors of the window [start, end) seconds, and its frames' levels (mean log-mel, dB)."""
-
-    start: float
-    end: float
-    probabilities: np.ndarray
-    levels: Optional[np.ndarray] = None
-    frame_seconds: float = 0.01  # hop between the frames of ``levels``
-    frame_offset: float = 0.016  # time of a frame's centre after its start
-
-
-def frame_levels(frames: np.ndarray, config: FrontendConfig) -> np.ndarray:
-    """Mean log-mel level (dB) of each frame ``[..., frames, features]``: MFCC c0 is that level
-    times sqrt(n_mels) under the orthonormal DCT."""
-    if config.kind == "mfcc":
-        return frames[..., 0] / math.sqrt(config.n_mels)
-    return frames.mean(axis=-1)
-
-
-def speech_extent(
-    first: WindowScore, last: WindowScore, around: tuple[float, float], max_gap: float = 0.15
-) -> Optional[tuple[float, float]]:
-    """The loud stretch of the frames of windows ``first`` to ``last`` that best overlaps
-    ``around`` (or lies nearest to it); None without levels.
-
-    Loud: above the midpoint between the 10th-percentile level (the floor) and the peak, with
-    quieter gaps up to ``max_gap`` seconds (stop closures inside a word) bridged.
-    """
-    if first.levels is None or last.levels is None:
-        return None
-    step, offset = first.frame_seconds, first.frame_offset
-    times = first.start + offset + step * np.arange(len(first.levels))
-    later = last.start + offset + step * np.arange(len(last.levels))
-    keep = later > times[-1] + step / 2
-    times = np.concatenate([times, later[keep]])
-    levels = np.concatenate([first.levels, last.levels[keep]])
-    floor, peak = np.percentile(levels, 10), levels.max()
-    loud = np.flatnonzero(levels >= floor + 0.5 * (peak - floor))
-    if peak - floor < 6.0 or len(loud) == 0:  # no clear speech above the background
-        return None
-    breaks = np.flatnonzero(np.diff(times[loud]) > max_gap + step / 2)
-    starts = np.concatenate([[0], breaks + 1])
-    ends = np.concatenate([breaks, [len(loud) - 1]])
-    spans = [(times[loud[a]] - step / 2, times[loud[b]] + step / 2) for a, b in zip(starts, ends)]
-
-    def fit(span: tuple[float, float]) -> tuple[float, float]:
-        overlap = min(span[1], around[1]) - max(span[0], around[0])
-        return (overlap, -abs((span[0] + span[1]) / 2 - (around[0] + around[1]) / 2))
-
-    return max(spans, key=fit)
-
-
-class Scorer(Protocol):
-    """What the detector needs of a model: labels, front-end, and batched window posteriors."""
-
-    labels: list[str]
-    frontend_config: FrontendConfig
-
-    def probabilities(self, windows: np.ndarray) -> np.ndarray:
-        """[N, frames, features] raw features -> [N, classes] posteriors."""
-        ...
-
-
-class TorchScorer:
-    """A kws-ghost checkpoint as a scorer (CPU by default)."""
-
-    def __init__(self, checkpoint_path: str | os.PathLike[str], device: str = "cpu") -> None:
-        from kws_ghost.checkpoint import load_checkpoint
-
-        checkpoint = load_checkpoint(checkpoint_path)
-        self.path = checkpoint.path
-        self.model = checkpoint.build_model(device)
-        self.device = device
-        self.labels = checkpoint.labels
-        self.frontend_config = checkpoint.frontend_config
-
-    def probabilities(self, windows: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            logits, _ = self.model(torch.as_tensor(windows, device=self.device))
-            return torch.softmax(logits.float(), dim=-1).cpu().numpy()
-
-
-class OnnxScorer:
-    """An exported ONNX model (``kws-ghost export``) as a scorer, through onnxruntime."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        from kws_ghost.export import OnnxKeywordModel
-
-        self.model = OnnxKeywordModel(path)
-        self.path = path
-        self.labels = list(self.model.labels)
-        self.frontend_config = self.model.frontend_config
-
-    def probabilities(self, windows: np.ndarray) -> np.ndarray:
-        return softmax(self.model.clip_logits(np.ascontiguousarray(windows, dtype=np.float32)))
-
-
-def load_scorer(path: str | os.PathLike[str], device: str = "cpu") -> Scorer:
-    """A ``.onnx`` file runs through onnxruntime, anything else as a PyTorch checkpoint."""
-    if not os.path.exists(path):
-        raise KwsError(f"{path}: no such model")
-    if str(path).endswith(".onnx"):
-        return OnnxScorer(path)
-    return TorchScorer(path, device)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
 class WindowScorer:
-    """Frames in, window posteriors out: a ring buffer of the last ``window_frames`` frames, scored
-    every ``hop_frames`` frames. Memory is one window of frames whatever the stream's length."""
+    """Frames in, posteriors out, by rescoring the trailing window (``clip_samples`` of audio)
+    from the zero state every ``hop_ms``; each frame holds the posteriors of the last window
+    scored. Memory is one window of frames."""
 
-    def __init__(self, scorer: Scorer, hop_ms: float = 50.0) -> None:
-        fe = scorer.frontend_config
-        self.scorer = scorer
-        self.config = fe
-        self.window_frames = fe.num_frames(fe.clip_samples)
-        self.hop_frames = max(1, int(round(hop_ms / fe.hop_ms)))
-        self.ring = np.zeros((self.window_frames, fe.num_features), dtype=np.float32)
-        self.frames_seen = 0  # frames pushed so far; frame f lives at ring[f % window_frames]
+    def __init__(self, runtime: KeywordRuntime, hop_ms: float = 100.0) -> None:
+        fe = runtime.frontend_config
+        self.runtime = runtime
+        self.window = fe.num_frames(fe.clip_samples)
+        self.hop = max(1, int(round(hop_ms / fe.hop_ms)))
+        self.ring = np.zeros((self.window, fe.num_features), np.float32)
+        self.frames_seen = 0
+        self.current = np.zeros(len(runtime.labels), np.float32)  # nothing scored yet
+        if SILENCE in runtime.labels:
+            self.current[runtime.labels.index(SILENCE)] = 1.0
 
-    @property
-    def hop_seconds(self) -> float:
-        return self.hop_frames * self.config.hop_length / self.config.sample_rate
-
-    def window_bounds(self, first_frame: int) -> tuple[float, float]:
-        """The audio span, in seconds, of the window whose first frame is ``first_frame``."""
-        start = first_frame * self.config.hop_length / self.config.sample_rate
-        return start, start + self.config.clip_samples / self.config.sample_rate
-
-    def push(self, frames: np.ndarray) -> list[WindowScore]:
-        """Add frames [n, features]; score every window they complete, in one batch."""
-        windows, firsts = [], []
-        n = self.window_frames
-        for frame in frames:
+    def push(self, frames: np.ndarray) -> np.ndarray:
+        n = self.window
+        windows, rows = [], []
+        for i, frame in enumerate(frames):
             self.ring[self.frames_seen % n] = frame
             self.frames_seen += 1
-            first = self.frames_seen - n  # first frame of the window ending here
-            if first >= 0 and first % self.hop_frames == 0:
-                order = (np.arange(n) + self.frames_seen) % n  # oldest frame first
-                windows.append(self.ring[order])
-                firsts.append(first)
-        if not windows:
-            return []
-        batch = np.stack(windows)
-        probabilities = self.scorer.probabilities(batch)
-        levels = frame_levels(batch, self.config)
-        frame_seconds = self.config.hop_length / self.config.sample_rate
-        offset = self.config.n_fft / 2 / self.config.sample_rate
-        return [
-            WindowScore(*self.window_bounds(first), p, level, frame_seconds, offset)
-            for first, p, level in zip(firsts, probabilities, levels)
-        ]
+            first = self.frames_seen - n
+            if first >= 0 and first % self.hop == 0:
+                windows.append(self.ring[(np.arange(n) + self.frames_seen) % n])
+                rows.append(i)
+        out = np.empty((len(frames), len(self.runtime.labels)), np.float32)
+        if windows:
+            scores = self.runtime.clip_logits(np.stack(windows))
+            probabilities = softmax(scores)
+        position = 0
+        for k, row in enumerate(rows + [len(frames)]):
+            out[position:row] = self.current
+            if k < len(rows):
+                self.current = probabilities[k]
+            position = row
+        return out
+
+
+def make_scorer(runtime: KeywordRuntime, kind: str, hop_ms: float = 100.0) -> Any:
+    """A scorer for ``kind`` (see the module notes); ``auto``: ``stream`` for models trained on
+    streams, ``window`` for clip-trained ones."""
+    if kind == "auto":
+        kind = "stream" if runtime.streaming else "window"
+    if kind == "window":
+        return WindowScorer(runtime, hop_ms)
+    if not runtime.streaming:
+        raise KwsError(
+            f"{runtime.path} was trained on isolated clips ({runtime.model_config.pooling} "
+            "pooling), so its state is not meant to be carried: use --scorer window"
+        )
+    if kind == "segments":
+        fps = runtime.frontend_config.frames_per_second
+        return SegmentScorer(runtime, int(round(4.0 * fps)), int(round(2.0 * fps)))
+    if kind == "stream":
+        return FrameScorer(runtime)
+    raise KwsError(f"unknown scorer {kind!r}: use {', '.join(SCORERS)}")
 
 
 class EventDecoder:
-    """Posteriors per hop -> keyword events (smoothing, threshold, patience, refractory)."""
+    """Per-frame posteriors -> keyword events (smoothing, threshold, patience, refractory).
 
-    def __init__(
-        self,
-        labels: Sequence[str],
-        config: DetectorConfig,
-        window_seconds: float,
-        hop_seconds: float = 0.0,
-    ) -> None:
+    ``push`` takes any number of frames at once and is vectorised over them, so replaying a
+    whole recording's posteriors at many thresholds (a DET curve) is cheap.
+    """
+
+    def __init__(self, labels: list[str], config: DetectorConfig, frontend: FrontendConfig) -> None:
         config.validate()
+        if config.threshold is None:
+            raise KwsError("the decoder needs a threshold (see resolve_threshold)")
         self.config = config
         self.labels = list(labels)
         allowed = config.keywords
@@ -237,152 +143,237 @@ class EventDecoder:
             )
         self.active = np.array(
             [
-                label not in (SILENCE, UNKNOWN) and (allowed is None or label in allowed)
-                for label in self.labels
+                i
+                for i, label in enumerate(self.labels)
+                if label not in (SILENCE, UNKNOWN) and (allowed is None or label in allowed)
             ]
         )
-        if not self.active.any():
+        if not len(self.active):
             raise KwsError("the model has no keyword classes to detect")
-        self.window_seconds = window_seconds
-        # A moving average over k hops lags the windows it averages by (k - 1) / 2 hops.
-        self.lag = (config.smoothing - 1) / 2 * hop_seconds
-        self.reach = (config.smoothing - 1) * hop_seconds  # the oldest window in the average
-        self.recent: deque[np.ndarray] = deque(maxlen=config.smoothing)
-        self.run: Optional[dict[str, Any]] = None  # the current run of high scores
-        self.quiet_until = -math.inf
-        self.pending: Optional[Event] = None  # an event that a later run may still replace
+        self.frame_seconds = frontend.hop_length / frontend.sample_rate
+        self.frame_end = frontend.n_fft / frontend.sample_rate  # frame i ends at i*hop + this
+        self.width = max(1, int(round(config.smoothing / self.frame_seconds)))
+        self.patience = max(1, int(round(config.patience / self.frame_seconds)))
+        self.refractory = int(round(config.refractory / self.frame_seconds))
+        self.lookback = int(round(LOOKBACK_SECONDS / self.frame_seconds))
+        self.max_run = int(round(MAX_RUN_SECONDS / self.frame_seconds))
+        self.tail = np.zeros((0, len(self.labels)), np.float32)
+        self.levels = np.zeros(0, np.float32)  # levels of the last lookback + max_run frames
+        self.levels_end = 0  # frame number after the last level held
+        self.frames_seen = 0
+        self.run: Optional[dict[str, Any]] = None  # the open run of high scores
+        self.quiet_until = 0  # first frame where a run may start again
+        self.top_score = 0.0  # highest smoothed keyword score so far
 
-    def smoothed(self, probabilities: np.ndarray) -> np.ndarray:
-        self.recent.append(probabilities)
-        return np.mean(self.recent, axis=0)
+    def time_of(self, frame: int) -> float:
+        """When frame ``frame`` is complete (its last sample), in seconds."""
+        return frame * self.frame_seconds + self.frame_end
 
-    def push(self, score: WindowScore) -> list[Event]:
-        events: list[Event] = []
-        if (
-            self.pending is not None
-            and self.run is None
-            and score.start - self.reach >= self.pending.end
-        ):
-            events.append(self.pending)  # no later run can hold its speech: it is final
-            self.pending = None
-        smoothed = self.smoothed(score.probabilities)
-        masked = np.where(self.active, smoothed, -1.0)
-        best = int(np.argmax(masked))
-        high = masked[best] >= self.config.threshold and score.end >= self.quiet_until
-        run = self.run
-        if run is not None and (not high or best != run["label"]):
-            events += self._close()
-            run = None
-        if high:
-            if run is None:
-                self.run = run = {"label": best, "first": score, "count": 0, "peak": 0.0}
-            run["last"] = score
-            run["count"] += 1
-            run["peak"] = max(run["peak"], float(masked[best]))
-            if score.end - run["first"].end >= self.window_seconds:
-                events += self._close()  # a run as long as a window: report it now
+    def push(self, posteriors: np.ndarray, levels: Optional[np.ndarray] = None) -> list[Event]:
+        """Posteriors [n, classes] of the next n frames (and their levels, dB) -> events."""
+        n = len(posteriors)
+        if n == 0:
+            return []
+        joined = np.concatenate([self.tail, posteriors]) if len(self.tail) else posteriors
+        sums = np.concatenate([np.zeros((1, joined.shape[1])), np.cumsum(joined, axis=0)])
+        ends = np.arange(len(self.tail), len(joined)) + 1
+        starts = np.maximum(0, ends - self.width)
+        smoothed = (sums[ends] - sums[starts]) / (ends - starts)[:, None]
+        scores = smoothed[:, self.active]
+        best = scores.max(axis=1)
+        self.top_score = max(self.top_score, float(best.max()))
+        levels = np.full(n, np.nan, np.float32) if levels is None else levels
+        keep = self.lookback + self.max_run  # the lookback of a run that started a while ago
+        self.levels = np.concatenate([self.levels, levels])[-(keep + n) :]
+        self.levels_end = self.frames_seen + n
+        events = self._runs(best >= self.config.threshold, scores)
+        self.frames_seen += n
+        self.tail = joined[len(joined) - (self.width - 1) :] if self.width > 1 else self.tail
+        self.levels = self.levels[-keep:]
         return events
+
+    def _runs(self, high: np.ndarray, scores: np.ndarray) -> list[Event]:
+        """Open, extend and close runs over this push's frames (``high``: above threshold). A run
+        longer than ``MAX_RUN_SECONDS`` is closed there, which bounds latency and memory."""
+        events: list[Event] = []
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], high.astype(np.int8), [0]])))
+        segments = list(zip(edges[::2], edges[1::2]))
+        if self.run is not None and (not segments or segments[0][0] != 0):
+            events += self._close()  # the open run ended with the previous push
+        base = self.frames_seen
+        for a, b in segments:
+            pos = a
+            if self.run is None or a != 0:
+                pos = max(a, self.quiet_until - base)  # refractory after the last event
+                if pos >= b:
+                    continue
+                self.run = self._open(base + pos, len(self.active))
+            while pos < b:
+                assert self.run is not None
+                room = self.max_run - (self.run["last"] - self.run["first"] + 1)
+                if room <= 0:
+                    events += self._close()
+                    pos = max(pos, self.quiet_until - base)
+                    if pos >= b:
+                        break
+                    self.run = self._open(base + pos, len(self.active))
+                    continue
+                take = min(b, pos + room)
+                self.run["last"] = base + take - 1
+                self.run["peaks"] = np.maximum(self.run["peaks"], scores[pos:take].max(axis=0))
+                pos = take
+            if b < len(high) and self.run is not None:
+                events += self._close()
+        return events
+
+    @staticmethod
+    def _open(frame: int, keywords: int) -> dict[str, Any]:
+        return {"first": frame, "last": frame - 1, "peaks": np.zeros(keywords)}
 
     def _close(self) -> list[Event]:
         run, self.run = self.run, None
-        if run is None or run["count"] < self.config.patience:
+        if run is None or run["last"] - run["first"] + 1 < self.patience:
             return []
-        first, last = run["first"], run["last"]
-        # The windows of the run (shifted back by the smoothing lag) hold the word, so it lies
-        # near [last.start, first.end]; the loud frames around that say where exactly.
-        start, end = sorted((last.start - self.lag, first.end - self.lag))
-        self.quiet_until = end + self.lag + self.config.refractory
-        speech = speech_extent(first, last, (start, end))
-        if speech is None:  # no speech span to compare with later runs: final now
-            event = Event(self.labels[run["label"]], max(0.0, start), end, run["peak"])
-            pending, self.pending = self.pending, None
-            return [pending, event] if pending is not None else [event]
-        event = Event(self.labels[run["label"]], max(0.0, speech[0]), speech[1], run["peak"])
-        # One word, one event: a later run on the same speech (a word's tail scored as another
-        # keyword) competes with it, and the one that covers more of the speech wins (then the
-        # higher peak). So an event with a speech span waits until no later run can hold that
-        # speech.
-        pending, self.pending = self.pending, event
-        if pending is None:
-            return []
-        overlap = min(event.end, pending.end) - max(event.start, pending.start)
-        if overlap > 0.5 * min(event.end - event.start, pending.end - pending.start):
-            self.pending = max(pending, event, key=lambda e: (round(e.end - e.start, 3), e.score))
-            return []
-        return [pending]
+        self.quiet_until = run["last"] + 1 + self.refractory
+        keyword = int(np.argmax(run["peaks"]))
+        start, end = self._speech(run["first"], run["last"])
+        return [Event(self.labels[self.active[keyword]], start, end, float(run["peaks"][keyword]))]
+
+    def _speech(self, first: int, last: int) -> tuple[float, float]:
+        """The span of the word the model fired on at frame ``first``: the loud stretch of the
+        recent frames that best overlaps the half second before it; else that half second."""
+        fired = self.time_of(first)
+        fallback = (max(0.0, fired - 0.5), fired)
+        # the lookback before the run, up to its last frame (self.levels may hold a whole push)
+        oldest = self.levels_end - len(self.levels)
+        lo, hi = max(oldest, first - self.lookback), min(self.levels_end, last + 1)
+        frames = np.arange(lo, hi)
+        levels = self.levels[lo - oldest : hi - oldest]
+        if len(levels) < 10 or np.isnan(levels).any():
+            return fallback
+        floor, peak = np.percentile(levels, 10), levels.max()
+        loud = frames[levels >= floor + 0.5 * (peak - floor)]
+        if peak - floor < 6.0 or len(loud) == 0:
+            return fallback
+        gap = int(round(0.15 / self.frame_seconds)) + 1
+        breaks = np.flatnonzero(np.diff(loud) > gap)
+        spans = zip(loud[np.concatenate([[0], breaks + 1])], loud[np.concatenate([breaks, [-1]])])
+        centre = self.frame_end / 2 - self.frame_seconds / 2  # frame i's centre - half a hop
+        stretches = [
+            (a * self.frame_seconds + centre, (b + 1) * self.frame_seconds + centre)
+            for a, b in spans
+        ]
+
+        def fit(span: tuple[float, float]) -> tuple[float, float]:
+            overlap = min(span[1], fallback[1]) - max(span[0], fallback[0])
+            return (overlap, -abs(span[1] - fired))
+
+        start, end = max(stretches, key=fit)
+        if fit((start, end))[0] <= 0:
+            return fallback
+        return max(0.0, start), max(end, start + MIN_EVENT_SECONDS)
 
     def flush(self) -> list[Event]:
-        """End of stream: report a run still open, and any event still waiting."""
-        events = self._close()
-        if self.pending is not None:
-            events.append(self.pending)
-            self.pending = None
-        return events
+        """End of stream: close a run still open."""
+        return self._close()
+
+
+def resolve_threshold(
+    detection: Optional[dict[str, Any]], config: DetectorConfig
+) -> tuple[float, Optional[dict[str, Any]]]:
+    """(threshold, the validation DET point it corresponds to, or None).
+
+    ``config.threshold`` wins; else ``config.false_alarms_per_hour`` picks the lowest threshold
+    whose validation false-alarm rate is at most that; else the model's own operating point (its
+    training target); else 0.5.
+    """
+    det = (detection or {}).get("det") or []
+    if config.threshold is not None:
+        return config.threshold, point_at(det, config.threshold)
+    if config.false_alarms_per_hour is not None:
+        if not det:
+            raise KwsError(
+                "this model carries no validation DET curve (it was trained on clips or by an "
+                "older kws-ghost): give --threshold instead of --false-alarms-per-hour"
+            )
+        allowed = [p for p in det if p["false_alarms_per_hour"] <= config.false_alarms_per_hour]
+        chosen = (
+            min(allowed, key=lambda p: p["threshold"])
+            if allowed
+            else max(det, key=lambda p: p["threshold"])
+        )
+        return float(chosen["threshold"]), chosen
+    if detection and detection.get("threshold") is not None:
+        threshold = float(detection["threshold"])
+        return threshold, point_at(det, threshold)
+    return 0.5, None
+
+
+def point_at(det: list[dict[str, Any]], threshold: float) -> Optional[dict[str, Any]]:
+    """The DET point of the highest threshold not above ``threshold`` (None: no curve)."""
+    below = [p for p in det if p["threshold"] <= threshold + 1e-9]
+    return max(below, key=lambda p: p["threshold"]) if below else None
 
 
 class KeywordDetector:
     """Samples in, events out. ``push`` any number of samples; ``flush`` at the end.
 
-    >>> detector = KeywordDetector(load_scorer("runs/latest/best.pt"))
+    >>> detector = KeywordDetector(load_model("runs/latest/best.pt"))
     >>> for block in blocks: events = detector.push(block)
     """
 
-    def __init__(self, scorer: Scorer, config: Optional[DetectorConfig] = None) -> None:
-        from kws_ghost.features import StreamingFrontend
+    def __init__(
+        self,
+        runtime: KeywordRuntime,
+        config: Optional[DetectorConfig] = None,
+        scorer: str = "auto",
+    ) -> None:
+        config = config or DetectorConfig()
+        threshold, self.operating_point = resolve_threshold(runtime.detection, config)
+        self.config = dataclasses.replace(config, threshold=threshold)
+        self.runtime = runtime
+        self.frontend = StreamingFrontend(runtime.frontend_config)
+        self.scorer = make_scorer(runtime, scorer, config.hop_ms)
+        self.decoder = EventDecoder(runtime.labels, self.config, runtime.frontend_config)
 
-        self.config = config or DetectorConfig()
-        self.scorer = scorer
-        self.frontend = StreamingFrontend(scorer.frontend_config)
-        self.windows = WindowScorer(scorer, self.config.hop_ms)
-        window_seconds = scorer.frontend_config.clip_seconds
-        self.decoder = EventDecoder(
-            scorer.labels, self.config, window_seconds, self.windows.hop_seconds
-        )
-        self.scores_seen = 0
+    @property
+    def frames_seen(self) -> int:
+        return self.decoder.frames_seen
 
-    def push_scores(self, samples: np.ndarray) -> list[WindowScore]:
-        """Samples -> the window scores they complete (no event decisions)."""
+    def push_posteriors(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Samples -> (posteriors [n, classes], levels [n]) of the frames they complete."""
         frames = self.frontend.push(samples)
-        scores = self.windows.push(frames.numpy())
-        self.scores_seen += len(scores)
-        return scores
+        scored = self.scorer.push(frames)
+        posteriors = scored if isinstance(self.scorer, WindowScorer) else softmax(scored)
+        return posteriors, frame_levels(frames, self.runtime.frontend_config)
 
     def push(self, samples: np.ndarray) -> list[Event]:
-        events: list[Event] = []
-        for score in self.push_scores(samples):
-            events += self.decoder.push(score)
-        return events
+        return self.decoder.push(*self.push_posteriors(samples))
 
     def flush(self) -> list[Event]:
         return self.decoder.flush()
 
 
 def detect_blocks(
-    blocks: Iterable[np.ndarray], scorer: Scorer, config: Optional[DetectorConfig] = None
+    blocks: Iterable[np.ndarray],
+    runtime: KeywordRuntime,
+    config: Optional[DetectorConfig] = None,
+    scorer: str = "auto",
 ) -> Iterator[Event]:
     """Events of a stream given as sample blocks, yielded as soon as they are decided."""
-    detector = KeywordDetector(scorer, config)
+    detector = KeywordDetector(runtime, config, scorer)
     for block in blocks:
         yield from detector.push(block)
     yield from detector.flush()
 
 
-def score_blocks(blocks: Iterable[np.ndarray], scorer: Scorer, hop_ms: float) -> list[WindowScore]:
-    """Every window score of a stream (for evaluation over many thresholds)."""
-    detector = KeywordDetector(scorer, DetectorConfig(hop_ms=hop_ms))
-    scores: list[WindowScore] = []
-    for block in blocks:
-        scores += detector.push_scores(block)
-    return scores
-
-
-def decode_scores(
-    scores: Sequence[WindowScore], labels: Sequence[str], config: DetectorConfig, window: float
+def decode(
+    posteriors: np.ndarray,
+    levels: Optional[np.ndarray],
+    labels: list[str],
+    config: DetectorConfig,
+    frontend: FrontendConfig,
 ) -> list[Event]:
-    """Replay stored window scores through an ``EventDecoder`` (cheap: no model)."""
-    hop = scores[1].start - scores[0].start if len(scores) > 1 else 0.0
-    decoder = EventDecoder(labels, config, window, hop)
-    events: list[Event] = []
-    for score in scores:
-        events += decoder.push(score)
-    return events + decoder.flush()
+    """Events of stored posteriors (cheap: no model), e.g. at many thresholds for a DET curve."""
+    decoder = EventDecoder(labels, config, frontend)
+    return decoder.push(posteriors, levels) + decoder.flush()

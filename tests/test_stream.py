@@ -1,6 +1,8 @@
-"""Streaming detection: window scores equal offline ones, event logic, files, stdin, errors."""
+"""Streaming detection: state carried across chunks, segment batching, the event decoder,
+files, stdin, thresholds from the DET, errors."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,17 +15,13 @@ from click.testing import CliRunner
 from kws_ghost.checkpoint import save_checkpoint
 from kws_ghost.cli import main
 from kws_ghost.config import DetectorConfig, FrontendConfig, ModelConfig
-from kws_ghost.features import Frontend
+from kws_ghost.frontend import StreamingFrontend, compute_features
 from kws_ghost.models import build_model
-from kws_ghost.stream import (
-    EventDecoder,
-    KeywordDetector,
-    WindowScore,
-    decode_scores,
-    load_scorer,
-)
+from kws_ghost.runtime import FrameScorer, SegmentScorer, load_model, softmax
+from kws_ghost.stream import EventDecoder, KeywordDetector, decode, resolve_threshold
 
 LABELS = ["_silence_", "_unknown_", "yes", "no"]
+FE = FrontendConfig()
 
 
 def kws(*args, **kwargs):
@@ -35,13 +33,28 @@ def kws(*args, **kwargs):
     )
 
 
+def random_model(arch="ghost-gru", layers=2, pooling="max", seed=0):
+    torch.manual_seed(seed)
+    model = build_model(
+        ModelConfig(arch=arch, hidden=32, layers=layers, num_classes=4, pooling=pooling)
+    )
+    model.set_normalization(torch.randn(40) * 5 - 20, torch.rand(40) * 5 + 5)
+    return model.eval()
+
+
 @pytest.fixture
 def random_checkpoint(tmp_path):
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(hidden=32, layers=2, num_classes=4))
-    model.set_normalization(torch.randn(40) * 5 - 20, torch.rand(40) * 5 + 5)
     path = tmp_path / "random.pt"
-    save_checkpoint(path, model, FrontendConfig(), LABELS)
+    detection = {
+        "target_fa_per_hour": 10.0,
+        "threshold": 0.4,
+        "det": [
+            {"threshold": 0.3, "hit_rate": 0.9, "false_alarms_per_hour": 30.0},
+            {"threshold": 0.4, "hit_rate": 0.8, "false_alarms_per_hour": 9.0},
+            {"threshold": 0.6, "hit_rate": 0.7, "false_alarms_per_hour": 2.0},
+        ],
+    }
+    save_checkpoint(path, random_model(), FE, LABELS, detection=detection)
     return path
 
 
@@ -53,177 +66,180 @@ def speechless_audio(seconds: float, seed: int = 0) -> np.ndarray:
     return (tone + 0.02 * rng.standard_normal(n)).astype(np.float32)
 
 
-@pytest.mark.parametrize("hop_ms", [10, 50, 100])
-def test_window_scores_equal_offline_classifier(random_checkpoint, hop_ms):
-    scorer = load_scorer(random_checkpoint)
-    audio = speechless_audio(3.3)
-    detector = KeywordDetector(scorer, DetectorConfig(hop_ms=hop_ms))
-    rng = np.random.default_rng(1)
-    scores, position = [], 0
-    while position < len(audio):
-        size = int(rng.integers(1, 4000))
-        scores += detector.push_scores(audio[position : position + size])
-        position += size
-    hop_samples = hop_ms * 16
-    expected_windows = (len(audio) - 16000) // hop_samples + 1
-    assert len(scores) in (expected_windows, expected_windows - 1)  # last may lack its final frame
-    frontend, model = Frontend(FrontendConfig()), scorer.model
-    starts = [int(round(s.start * 16000)) for s in scores]
-    clips = torch.from_numpy(np.stack([audio[s : s + 16000] for s in starts]))
+@pytest.mark.parametrize("arch", ["ghost-gru", "gru", "ghost-lstm"])
+def test_state_carried_across_chunks_equals_one_pass(arch):
+    """Any chunking of the stream, down to one frame, gives the posteriors of one pass."""
+    model = random_model(arch)
+    frames = compute_features(speechless_audio(2.0), FE)
     with torch.inference_mode():
-        offline = torch.softmax(model(frontend(clips))[0], -1).numpy()
-    online = np.stack([s.probabilities for s in scores])
-    assert np.abs(online - offline).max() < 1e-4
-    assert starts == [i * hop_samples for i in range(len(scores))]
+        whole = model(torch.from_numpy(frames)[None])[0][0].numpy()
+        state = model.initial_state(1)
+        stepped = []
+        for frame in torch.from_numpy(frames):  # the per-frame step a device runs
+            logits, state = model.step(frame[None], state)
+            stepped.append(logits[0].numpy())
+    assert np.abs(np.stack(stepped) - whole).max() < 1e-4
+    runtime = load_model_from(model)
+    rng = np.random.default_rng(1)
+    for sizes in ([1] * len(frames), rng.integers(1, 40, size=len(frames))):
+        scorer, parts, position = FrameScorer(runtime), [], 0
+        for size in sizes:
+            if position >= len(frames):
+                break
+            parts.append(scorer.push(frames[position : position + int(size)]))
+            position += int(size)
+        assert np.abs(np.concatenate(parts) - whole).max() < 1e-4
 
 
-def test_chunk_size_does_not_change_events(random_checkpoint):
-    scorer = load_scorer(random_checkpoint)
-    audio = speechless_audio(4.0, seed=2)
-    config = DetectorConfig(threshold=0.3, patience=1)
-    results = []
-    for chunk in (160, 1237, 16000, len(audio)):
-        detector = KeywordDetector(scorer, config)
-        events = []
-        for i in range(0, len(audio), chunk):
-            events += detector.push(audio[i : i + chunk])
-        results.append([e.as_dict() for e in events + detector.flush()])
-    assert all(r == results[0] for r in results)
+def load_model_from(model, labels=LABELS):
+    from kws_ghost.runtime import TorchRuntime
+
+    return TorchRuntime(model, labels, FE)
 
 
-def window(t: float, probabilities) -> WindowScore:
-    return WindowScore(t, t + 1.0, np.asarray(probabilities, dtype=float))
+def test_streaming_frontend_gives_the_same_frames_for_any_chunking():
+    audio = speechless_audio(3.1)
+    whole = compute_features(audio, FE)
+    stream = StreamingFrontend(FE)
+    rng = np.random.default_rng(2)
+    parts, position = [], 0
+    while position < len(audio):
+        size = int(rng.integers(1, 3000))
+        parts.append(stream.push(audio[position : position + size]))
+        position += size
+        assert stream.pending_samples < FE.n_fft
+    assert np.abs(np.concatenate(parts) - whole).max() < 1e-4
+
+
+def test_segment_scorer_matches_the_stream_after_its_warm_up():
+    """Segments are exact at the stream's start and converge on the stream as the warm-up
+    grows (an untrained model forgets slowly; the trained one is checked by its events)."""
+    runtime = load_model_from(random_model())
+    frames = compute_features(speechless_audio(12.0, seed=3), FE)
+    exact = softmax(FrameScorer(runtime).push(frames))
+    errors = []
+    for warmup in (50, 150, 400):
+        scorer = SegmentScorer(runtime, segment=150, warmup=warmup)
+        parts = [scorer.push(frames[i : i + 400]) for i in range(0, len(frames), 400)]
+        batched = softmax(np.concatenate(parts))
+        assert batched.shape == exact.shape
+        assert np.abs(batched[:150] - exact[:150]).max() < 1e-5  # the stream's own start
+        errors.append(np.abs(batched - exact).max())
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-3, errors
+
+
+def posteriors(rows):
+    return np.asarray(rows, dtype=np.float64)
 
 
 def run_decoder(rows, **settings):
-    config = DetectorConfig(**{"smoothing": 1, "patience": 1, "refractory": 0.0, **settings})
-    return decode_scores([window(0.1 * i, p) for i, p in enumerate(rows)], LABELS, config, 1.0)
+    config = DetectorConfig(**{"smoothing": 0.0, "patience": 0.0, "refractory": 0.0, **settings})
+    return decode(posteriors(rows), None, LABELS, config, FE)
 
 
-def test_decoder_turns_a_run_into_one_event_with_the_word_span():
-    low, yes = [0.9, 0.1, 0, 0], [0.0, 0.1, 0.9, 0]
-    events = run_decoder([low] * 3 + [yes] * 4 + [low] * 3)
+LOW, YES, NO = [0.9, 0.1, 0, 0], [0.0, 0.1, 0.9, 0], [0.0, 0.1, 0, 0.9]
+
+
+def test_decoder_turns_a_run_into_one_event():
+    events = run_decoder([LOW] * 30 + [YES] * 8 + [LOW] * 30, threshold=0.5)
     assert len(events) == 1
     event = events[0]
     assert event.keyword == "yes" and event.score == pytest.approx(0.9)
-    # windows 3..6 hold the word: it lies in [start of window 6, end of window 3]
-    assert event.start == pytest.approx(0.6) and event.end == pytest.approx(1.3)
+    fired = 30 * 0.01 + 0.032  # the end of the first frame of the run
+    assert event.end == pytest.approx(fired, abs=1e-6) and event.start < event.end
 
 
-def test_event_snaps_to_the_loud_frames_around_the_run():
-    # A word at 1.20-1.50 s (40 dB over the floor) and another, louder, at 0.10-0.30 s; the
-    # model fires on windows starting at 0.6-0.9 s, which all hold the first word's frames.
-    def levels(start: float) -> np.ndarray:
-        t = start + 0.016 + 0.01 * np.arange(97)
-        loud = ((t >= 1.2) & (t < 1.5)) | ((t >= 0.1) & (t < 0.3))
-        return np.where(loud, -20.0, -60.0) + np.where((t >= 1.32) & (t < 1.38), -45.0, 0.0)
-
-    low, yes = [0.9, 0.1, 0, 0], [0.0, 0.1, 0.9, 0]
-    rows = [low] * 6 + [yes] * 4 + [low] * 3
-    scores = [
-        WindowScore(0.1 * i, 0.1 * i + 1.0, np.asarray(p, float), levels(0.1 * i))
-        for i, p in enumerate(rows)
-    ]
-    config = DetectorConfig(smoothing=1, patience=1, refractory=0.0)
-    (event,) = decode_scores(scores, LABELS, config, 1.0)
-    # the loud stretch that overlaps the windows' intersection [0.9, 1.6], with the 60 ms dip
-    # inside the word bridged; not the other word
-    assert event.start == pytest.approx(1.2, abs=0.011) and event.end == pytest.approx(
-        1.5, abs=0.011
-    )
-    # a second run, as another keyword, on the same word's frames is not a second event
-    no = [0.0, 0.1, 0.0, 0.9]
-    rows = [low] * 6 + [yes] * 4 + [no] * 2 + [low] * 3
-    scores = [
-        WindowScore(0.1 * i, 0.1 * i + 1.0, np.asarray(p, float), levels(0.1 * i))
-        for i, p in enumerate(rows)
-    ]
-    assert [e.keyword for e in decode_scores(scores, LABELS, config, 1.0)] == ["yes"]
-    # an event still waiting goes out before a later one that is final at once
-    later = [WindowScore(2.0 + 0.1 * i, 3.0 + 0.1 * i, np.asarray(no, float)) for i in range(2)]
-    events = decode_scores(scores[:10] + later, LABELS, config, 1.0)
-    assert [e.keyword for e in events] == ["yes", "no"] and events[0].end < events[1].start
-    flat = [WindowScore(s.start, s.end, s.probabilities, np.full(97, -50.0)) for s in scores]
-    event = decode_scores(flat, LABELS, config, 1.0)[0]
-    assert (event.start, event.end) == pytest.approx((0.9, 1.6))  # nothing loud: the intersection
-
-
-def test_decoder_patience_threshold_refractory_and_filters():
-    low, yes, no = [0.9, 0.1, 0, 0], [0, 0.1, 0.9, 0], [0, 0.1, 0, 0.9]
-    assert run_decoder([low, yes, low], patience=2) == []
-    assert len(run_decoder([low, yes, yes, low], patience=2)) == 1
-    assert run_decoder([low, yes, yes, low], threshold=0.95) == []
+def test_decoder_patience_threshold_refractory_filters_and_background():
+    assert run_decoder([LOW] * 5 + [YES] * 2 + [LOW] * 5, threshold=0.5, patience=0.05) == []
+    assert len(run_decoder([LOW] * 5 + [YES] * 6 + [LOW] * 5, threshold=0.5, patience=0.05)) == 1
+    assert run_decoder([LOW, YES, YES, LOW], threshold=0.95) == []
     # silence and unknown never fire, however sure
-    assert run_decoder([[0, 1.0, 0, 0]] * 5) == []
-    assert run_decoder([[1.0, 0, 0, 0]] * 5) == []
-    # refractory: a second keyword right after the first is suppressed
-    rows = [yes, yes, low, no, no, low]
-    assert [e.keyword for e in run_decoder(rows)] == ["yes", "no"]
-    assert [e.keyword for e in run_decoder(rows, refractory=5.0)] == ["yes"]
-    # keyword filter
-    assert [e.keyword for e in run_decoder(rows, keywords=["no"])] == ["no"]
+    assert run_decoder([[0, 1.0, 0, 0]] * 20, threshold=0.5) == []
+    assert run_decoder([[1.0, 0, 0, 0]] * 20, threshold=0.5) == []
+    rows = [YES] * 5 + [LOW] * 20 + [NO] * 5 + [LOW] * 5
+    assert [e.keyword for e in run_decoder(rows, threshold=0.5)] == ["yes", "no"]
+    assert [e.keyword for e in run_decoder(rows, threshold=0.5, refractory=1.0)] == ["yes"]
+    assert [e.keyword for e in run_decoder(rows, threshold=0.5, keywords=["no"])] == ["no"]
     with pytest.raises(Exception, match="not in the model's labels"):
-        EventDecoder(LABELS, DetectorConfig(keywords=["maybe"]), 1.0)
+        EventDecoder(LABELS, DetectorConfig(threshold=0.5, keywords=["maybe"]), FE)
 
 
-def test_decoder_smooths_posteriors():
-    low, yes = [0.9, 0.1, 0, 0], [0, 0.1, 0.9, 0]
-    assert run_decoder([low, low, yes, low, low], smoothing=3, threshold=0.5) == []
-    assert len(run_decoder([low, yes, yes, yes, low], smoothing=3, threshold=0.5)) == 1
+def test_decoder_smooths_and_gives_the_same_events_in_any_pieces():
+    spike = [LOW] * 20 + [YES] * 2 + [LOW] * 20
+    assert len(run_decoder(spike, threshold=0.5)) == 1
+    assert run_decoder(spike, threshold=0.5, smoothing=0.1) == []  # 2 frames of 10 averaged
+    rng = np.random.default_rng(4)
+    rows = rng.dirichlet([4, 2, 0.3, 0.3], size=3000)
+    for start in rng.integers(0, 2980, size=40):  # bursts of a keyword, 3-20 frames long
+        rows[start : start + rng.integers(3, 20)] = YES if rng.uniform() < 0.5 else NO
+    config = DetectorConfig(threshold=0.4, smoothing=0.05, patience=0.02, refractory=0.3)
+    levels = rng.normal(-40, 10, size=len(rows)).astype(np.float32)
+    whole = decode(rows, levels, LABELS, config, FE)
+    assert len(whole) > 10
+    decoder, pieces, position = EventDecoder(LABELS, config, FE), [], 0
+    while position < len(rows):
+        size = int(rng.integers(1, 300))
+        pieces += decoder.push(rows[position : position + size], levels[position : position + size])
+        position += size
+    pieces += decoder.flush()
+    assert [e.as_dict() for e in pieces] == [e.as_dict() for e in whole]
+
+
+def test_threshold_from_the_models_det():
+    det = {
+        "threshold": 0.4,
+        "det": [
+            {"threshold": 0.3, "hit_rate": 0.9, "false_alarms_per_hour": 30.0},
+            {"threshold": 0.4, "hit_rate": 0.8, "false_alarms_per_hour": 9.0},
+            {"threshold": 0.6, "hit_rate": 0.7, "false_alarms_per_hour": 2.0},
+        ],
+    }
+    assert resolve_threshold(det, DetectorConfig())[0] == 0.4
+    assert resolve_threshold(det, DetectorConfig(false_alarms_per_hour=2))[0] == 0.6
+    assert resolve_threshold(det, DetectorConfig(false_alarms_per_hour=10))[0] == 0.4
+    assert resolve_threshold(det, DetectorConfig(threshold=0.55))[0] == 0.55
+    assert resolve_threshold(None, DetectorConfig())[0] == 0.5
+    with pytest.raises(Exception, match="no validation DET"):
+        resolve_threshold(None, DetectorConfig(false_alarms_per_hour=2))
 
 
 def test_memory_stays_bounded_on_a_long_stream(random_checkpoint):
-    detector = KeywordDetector(load_scorer(random_checkpoint))
+    detector = KeywordDetector(load_model(random_checkpoint), DetectorConfig(threshold=0.3))
     block = speechless_audio(5.0)
-    ring = detector.windows.ring
+    state = detector.scorer.state
     for _ in range(60):  # five minutes
         detector.push(block)
-        assert detector.frontend.pending_samples < 512
-        assert detector.windows.ring is ring and ring.shape == (97, 40)
-        assert len(detector.decoder.recent) <= detector.config.smoothing
-    hop = detector.windows.hop_frames * 160
-    assert detector.scores_seen == (300 * 16000 - 16000) // hop + 1
+        assert detector.frontend.pending_samples < FE.n_fft
+        assert detector.scorer.state.shape == state.shape
+        assert len(detector.decoder.tail) < detector.decoder.width
+        assert len(detector.decoder.levels) <= detector.decoder.lookback + detector.decoder.max_run
+    assert detector.frames_seen == FE.num_frames(300 * 16000) or detector.frames_seen > 29000
 
 
-def test_trained_model_finds_keywords_at_their_times(trained_run, tmp_path):
-    from kws_ghost.stream_eval import build_recording, evaluate_recording, match_events
-
-    wav = tmp_path / "stream.wav"
-    truth = build_recording(
-        trained_run["corpus"],
-        wav,
-        ["yes", "no", "up", "down"],
-        duration=40,
-        split="testing",
-        seed=1,
+def test_digital_silence_gives_no_zero_length_events(random_checkpoint, tmp_path):
+    wav = tmp_path / "silence.wav"
+    soundfile.write(wav, np.zeros(16000 * 3, np.float32), 16000)
+    result = kws(
+        "detect", wav, "--model", random_checkpoint, "--threshold", "0.01", "--format", "json"
     )
-    assert len(truth["events"]) >= 8 and truth["distractors"]
-    result = kws("detect", wav, "--model", trained_run["best"], "--format", "json")
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
-    assert events and set(events[0]) == {"file", "keyword", "start", "end", "score"}
-
-    class E:
-        def __init__(self, d):
-            self.keyword, self.start, self.end = d["keyword"], d["start"], d["end"]
-
-    hits, false_alarms, offsets = match_events([E(e) for e in events], truth["events"])
-    assert hits >= 0.75 * len(truth["events"]), (events, truth["events"])
-    assert max(offsets) <= 0.25  # event centre within 250 ms of the word's centre
-    assert false_alarms <= 2
-    scorer = load_scorer(trained_run["best"])
-    report = evaluate_recording(scorer, wav, truth)
-    assert report["hits"] == hits and len(report["det"]) > 10
-    rates = [p["hit_rate"] for p in report["det"]]
-    assert rates == sorted(rates, reverse=True)  # higher thresholds never hit more
+    assert all(e["end"] > e["start"] for e in events)
 
 
-def test_trained_model_is_quiet_on_noise(trained_run, tmp_path):
-    noise = sorted((trained_run["corpus"] / "_background_noise_").glob("*.wav"))
-    assert len(noise) >= 3
-    result = kws("detect", *noise, "--model", trained_run["best"], "--format", "csv")
+def test_detect_notes_the_threshold_and_ends_with_a_count(random_checkpoint, tmp_path):
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, speechless_audio(2.0), 16000)
+    result = kws("detect", wav, "--model", random_checkpoint)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "file,keyword,start,end,score"  # no event at all
+    assert "threshold 0.4" in result.stderr and "9.0 false alarms per hour" in result.stderr
+    last = result.stdout.splitlines()[-1]
+    assert (
+        last.startswith(f"{wav}: ") and "keyword event" in last and "highest keyword score" in last
+    )
+    picked = kws("detect", wav, "--model", random_checkpoint, "--false-alarms-per-hour", "2")
+    assert "threshold 0.6" in picked.stderr
+    assert "\r" not in picked.stderr  # no progress bar when stderr is not a terminal
 
 
 def test_detect_reads_stereo_and_other_rates_and_stdin(random_checkpoint, tmp_path):
@@ -232,27 +248,19 @@ def test_detect_reads_stereo_and_other_rates_and_stdin(random_checkpoint, tmp_pa
     audio = speechless_audio(2.5)
     mono = tmp_path / "mono.wav"
     soundfile.write(mono, audio, 16000)
-    options = [
-        "--model",
-        str(random_checkpoint),
-        "--threshold",
-        "0.3",
-        "--patience",
-        "1",
-        "--format",
-        "json",
-    ]
+    options = ["--model", str(random_checkpoint), "--threshold", "0.3", "--format", "json"]
+    options += ["--scorer", "stream"]  # as stdin always is
     reference = CliRunner().invoke(main, ["detect", str(mono), *options])
     assert reference.exit_code == 0, reference.output
-    assert reference.output.strip()
+    assert reference.stdout.strip()
     for rate in (44100, 48000):
         stereo = tmp_path / f"stereo{rate}.wav"
         resampled = soxr.resample(audio, 16000, rate)
         soundfile.write(stereo, np.stack([resampled, 0.5 * resampled], 1), rate)
         result = CliRunner().invoke(main, ["detect", str(stereo), *options])
         assert result.exit_code == 0, result.output
-        assert len(result.output.splitlines()) == len(reference.output.splitlines())
-    pcm = (audio * 32767).astype("<i2").tobytes()
+        assert len(result.stdout.splitlines()) == len(reference.stdout.splitlines())
+    pcm = soundfile.read(mono, dtype="int16")[0].astype("<i2").tobytes()  # the same samples
     piped = subprocess.run(
         [sys.executable, "-m", "kws_ghost", "detect", "-", *options],
         input=pcm,
@@ -265,14 +273,16 @@ def test_detect_reads_stereo_and_other_rates_and_stdin(random_checkpoint, tmp_pa
     ]
     expected = [
         {k: v for k, v in json.loads(line).items() if k != "file"}
-        for line in reference.output.splitlines()
+        for line in reference.stdout.splitlines()
     ]
     assert len(strip) == len(expected)
     for a, b in zip(strip, expected):
-        assert a["keyword"] == b["keyword"] and abs(a["start"] - b["start"]) < 1e-3
+        # chunking changes the rounding of a random model hovering near the threshold
+        assert a["keyword"] == b["keyword"] and abs(a["score"] - b["score"]) < 1e-3
+        assert abs(a["start"] - b["start"]) <= 0.05 and abs(a["end"] - b["end"]) <= 0.05
 
 
-@pytest.mark.parametrize("kind", ["empty", "truncated", "text", "missing"])
+@pytest.mark.parametrize("kind", ["empty", "truncated", "text", "missing", "nan"])
 def test_detect_bad_audio_is_one_line(random_checkpoint, tmp_path, kind):
     path = tmp_path / "bad.wav"
     if kind == "empty":
@@ -282,7 +292,11 @@ def test_detect_bad_audio_is_one_line(random_checkpoint, tmp_path, kind):
         path.write_bytes(path.read_bytes()[:20000])
     elif kind == "text":
         path.write_text("this is not audio\n" * 100)
-    result = kws("detect", path, "--model", random_checkpoint)
+    elif kind == "nan":
+        audio = speechless_audio(2.0)
+        audio[5000:5010] = np.nan
+        soundfile.write(path, audio, 16000, subtype="FLOAT")
+    result = kws("detect", path, "--model", random_checkpoint, "--quiet")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert str(path) in result.stderr
@@ -291,7 +305,7 @@ def test_detect_bad_audio_is_one_line(random_checkpoint, tmp_path, kind):
 def test_detect_without_a_model_says_how_to_get_one(tmp_path):
     wav = tmp_path / "a.wav"
     soundfile.write(wav, speechless_audio(1.5), 16000)
-    env = {k: v for k, v in __import__("os").environ.items() if k != "KWS_GHOST_MODEL"}
+    env = {k: v for k, v in os.environ.items() if k != "KWS_GHOST_MODEL"}
     result = kws("detect", wav, cwd=tmp_path, env=env)
     assert result.returncode == 1
     assert "--model" in result.stderr and "kws-ghost train" in result.stderr
@@ -305,3 +319,88 @@ def test_detect_continues_after_a_bad_file(random_checkpoint, tmp_path):
     result = kws("detect", bad, good, "--model", random_checkpoint, "--format", "csv")
     assert result.returncode == 1
     assert result.stdout.startswith("file,keyword") and "bad.wav" in result.stderr
+
+
+def test_window_scorer_for_clip_trained_models(tmp_path):
+    """A clip-trained model (mean pooling) is rescored window by window; streaming it is
+    refused, since its state is not trained to be carried."""
+    model = random_model(pooling="mean")
+    path = tmp_path / "clip.pt"
+    save_checkpoint(path, model, FE, LABELS)
+    runtime = load_model(path)
+    audio = speechless_audio(3.0)
+    detector = KeywordDetector(runtime, DetectorConfig(threshold=0.5, hop_ms=100), "window")
+    probabilities, _ = detector.push_posteriors(audio)
+    frames = compute_features(audio, FE)
+    window = FE.num_frames(FE.clip_samples)
+    # frame f holds the posteriors of the last window scored, the one ending at or before f
+    for f in (window - 1, window + 9, window + 25, len(frames) - 1):
+        first = (f - window + 1) // 10 * 10
+        clip = runtime.clip_logits(frames[None, first : first + window])
+        assert np.abs(probabilities[f] - softmax(clip)[0]).max() < 1e-4
+    with pytest.raises(Exception, match="trained on isolated clips"):
+        KeywordDetector(runtime, DetectorConfig(threshold=0.5), "stream")
+
+
+@pytest.fixture(scope="module")
+def test_recording(trained_run, tmp_path_factory):
+    from kws_ghost.stream_eval import build_recording
+
+    wav = tmp_path_factory.mktemp("stream") / "stream.wav"
+    truth = build_recording(
+        trained_run["corpus"],
+        wav,
+        ["yes", "no", "up", "down"],
+        duration=40,
+        split="testing",
+        seed=1,
+    )
+    assert len(truth["events"]) >= 8 and truth["distractors"]
+    return wav, truth
+
+
+class _Event:
+    def __init__(self, record):
+        self.keyword, self.start, self.end = record["keyword"], record["start"], record["end"]
+
+
+def detect_json(wav, model, *options):
+    result = kws("detect", wav, "--model", model, "--format", "json", *options)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_trained_model_finds_keywords_at_their_times(trained_run, test_recording):
+    from kws_ghost.stream_eval import evaluate_recording, match_events
+
+    wav, truth = test_recording
+    events = detect_json(wav, trained_run["best"])
+    assert events and set(events[0]) == {"file", "keyword", "start", "end", "score"}
+    hits, false_alarms, offsets = match_events([_Event(e) for e in events], truth["events"])
+    assert hits >= 0.75 * len(truth["events"]), (events, truth["events"])
+    assert max(offsets) <= 0.3  # event centre within 300 ms of the word's centre
+    assert false_alarms <= 2
+    report = evaluate_recording(load_model(trained_run["best"]), wav, truth)
+    assert report["hits"] == hits and len(report["det"]) > 10
+    rates = [p["hit_rate"] for p in report["det"]]
+    assert rates == sorted(rates, reverse=True)  # higher thresholds never hit more
+
+
+def test_segments_give_the_events_of_strict_streaming(trained_run, test_recording):
+    """The batched segment scorer that files use gives the events of the frame-by-frame stream
+    (its segments' warm-up is long enough for the trained state to forget the zero start)."""
+    wav, _ = test_recording
+    strict = detect_json(wav, trained_run["best"], "--scorer", "stream", "--threshold", "0.3")
+    batched = detect_json(wav, trained_run["best"], "--scorer", "segments", "--threshold", "0.3")
+    assert strict and len(strict) == len(batched)
+    for a, b in zip(strict, batched):
+        assert a["keyword"] == b["keyword"] and abs(a["score"] - b["score"]) < 1e-3
+        assert abs(a["start"] - b["start"]) < 1e-3 and abs(a["end"] - b["end"]) < 1e-3
+
+
+def test_trained_model_is_quiet_on_noise(trained_run):
+    noise = sorted((trained_run["corpus"] / "_background_noise_").glob("*.wav"))
+    assert len(noise) >= 3
+    result = kws("detect", *noise, "--model", trained_run["best"], "--format", "csv")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "file,keyword,start,end,score"  # no event at all

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import click
 
-from kws_ghost.cli.options import detector_options
+from kws_ghost.cli.options import config_from, detector_options, threads_option
 
 
 @click.command()
@@ -20,7 +20,15 @@ from kws_ghost.cli.options import detector_options
     "else runs/latest/best.pt.",
 )
 @detector_options
-@click.option("--keywords", help="Only these keywords (comma-separated); default: all.")
+@click.option(
+    "--scorer",
+    type=click.Choice(["auto", "stream", "segments", "window"]),
+    default="auto",
+    show_default=True,
+    help="stream: the model stepped frame by frame with its state carried (stdin always); "
+    "segments: the same posteriors for a file, computed as a batch (auto for files); "
+    "window: rescore the trailing 1 s from a zero state (auto for clip-trained models).",
+)
 @click.option(
     "--format",
     "output_format",
@@ -36,13 +44,17 @@ from kws_ghost.cli.options import detector_options
     show_default=True,
     help="Audio read per step from a file (memory stays bounded).",
 )
+@threads_option
+@click.option("--quiet", is_flag=True, help="No progress bar and no note on the threshold.")
 def detect(
     files: tuple[str, ...],
     model_path: Optional[str],
-    keywords: Optional[str],
+    scorer: str,
     output_format: str,
     block_seconds: float,
-    **decision: Any,
+    threads: Optional[int],
+    quiet: bool,
+    **options: Any,
 ) -> None:
     """Detect keywords in FILES (any format soundfile reads; any rate or channel count).
 
@@ -52,38 +64,93 @@ def detect(
     \b
       arecord -f S16_LE -r 16000 -c 1 | kws-ghost detect -
 
-    An event is reported when its keyword's smoothed score falls back below the threshold, with
-    the time span (seconds from the start of the input) that holds the word.
+    The model runs as a stream: one step per 10 ms frame, its state carried. An event is
+    reported when its keyword's smoothed score falls back below the threshold (about 0.1-0.3 s
+    after the word), with the span of the word's speech. The threshold comes from the model's
+    validation DET curve unless given: --false-alarms-per-hour picks it by false-alarm rate.
     """
     from kws_ghost.audio import iter_audio_blocks, iter_pcm16
     from kws_ghost.checkpoint import find_default_model
+    from kws_ghost.config import DetectorConfig
     from kws_ghost.errors import KwsError
-    from kws_ghost.stream import DetectorConfig, detect_blocks, load_scorer
+    from kws_ghost.progress import progress_enabled
+    from kws_ghost.runtime import load_model
+    from kws_ghost.stream import KeywordDetector
+    from kws_ghost.threads import configure_threads
 
-    scorer = load_scorer(find_default_model(model_path))
-    config = DetectorConfig(
-        keywords=[k.strip() for k in keywords.split(",") if k.strip()] if keywords else None,
-        **decision,
-    )
-    config.validate()
-    rate = scorer.frontend_config.sample_rate
+    runtime = load_model(find_default_model(model_path), configure_threads(threads, "stream"))
+    config = config_from(DetectorConfig, options)
+    rate = runtime.frontend_config.sample_rate
     write = _writer(output_format)
+    show_progress = progress_enabled(False if quiet else None, output_format != "text")
     failures = 0
+    noted = quiet
     for name in files:
-        if name == "-":
-            blocks = iter_pcm16(sys.stdin.buffer, block_samples=int(rate * 0.05))
-        else:
-            blocks = iter_audio_blocks(name, rate, block_seconds)
+        live = name == "-"
+        kind = "stream" if live and scorer in ("auto", "segments") else scorer
+        if kind == "auto":
+            kind = "segments" if runtime.streaming else "window"
+        detector = KeywordDetector(runtime, config, kind)
+        if not noted:
+            click.echo(_threshold_note(detector), err=True)
+            noted = True
+        count = 0
         try:
-            for event in detect_blocks(blocks, scorer, config):
+            if live:
+                blocks: Any = iter_pcm16(sys.stdin.buffer, block_samples=int(rate * 0.05))
+            else:
+                blocks = _with_progress(
+                    iter_audio_blocks(name, rate, block_seconds), name, rate, show_progress
+                )
+            for block in blocks:
+                for event in detector.push(block):
+                    write(name, event)
+                    count += 1
+            for event in detector.flush():
                 write(name, event)
+                count += 1
         except KwsError as exc:
             if len(files) == 1:
                 raise
             click.echo(f"error: {exc}", err=True)  # go on with the other files
             failures += 1
+            continue
+        if output_format == "text":
+            seconds = detector.frames_seen * runtime.frontend_config.hop_ms / 1000
+            top = detector.decoder.top_score
+            click.echo(
+                f"{name}: {count} keyword event{'s' * (count != 1)} in {seconds:.1f} s "
+                f"(highest keyword score {top:.3f}, threshold {detector.config.threshold:.3g})"
+            )
     if failures:
         sys.exit(1)
+
+
+def _threshold_note(detector: Any) -> str:
+    threshold, point = detector.config.threshold, detector.operating_point
+    if point is None:
+        return f"note: threshold {threshold:.3g} (the model carries no validation DET curve)"
+    fa = point["false_alarms_per_hour"]
+    return (
+        f"note: threshold {threshold:.3g}: on its validation recordings the model found "
+        f"{point['hit_rate']:.0%} of keywords at {fa:.1f} false alarms per hour"
+    )
+
+
+def _with_progress(blocks: Any, name: str, rate: int, enabled: bool) -> Any:
+    """Audio blocks, counted on a progress bar (seconds of audio) when ``enabled``."""
+    if not enabled:
+        yield from blocks
+        return
+    from tqdm import tqdm
+
+    from kws_ghost.audio import audio_info
+
+    total = audio_info(name)["duration"]
+    with tqdm(total=round(total, 1), desc=name, unit="s", leave=False, file=sys.stderr) as bar:
+        for block in blocks:
+            bar.update(round(len(block) / rate, 2))
+            yield block
 
 
 def _writer(output_format: str) -> Any:

@@ -1,12 +1,13 @@
-"""``kws-ghost make-stream`` and ``kws-ghost eval-stream``: detection quality on a recording."""
+"""``kws-ghost make-stream`` and ``kws-ghost eval-stream``: detection quality on recordings."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import click
 
-from kws_ghost.cli.options import detector_options, json_option
+from kws_ghost.cli.options import config_from, detector_options, json_option, threads_option
 
 
 @click.command("make-stream")
@@ -33,7 +34,12 @@ from kws_ghost.cli.options import detector_options, json_option
     type=click.FloatRange(0, 1),
     default=0.5,
     show_default=True,
-    help="Fraction of words that are not keywords.",
+    help="Fraction of words that are not keywords (1: a negatives-only recording).",
+)
+@click.option(
+    "--every-keyword",
+    is_flag=True,
+    help="Each keyword clip of the split once, however long that takes (ignores --duration).",
 )
 @click.option("--noise-volume", type=click.FloatRange(0), default=0.05, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -46,21 +52,32 @@ def make_stream(
     duration: float,
     split: str,
     distractors: float,
+    every_keyword: bool,
     noise_volume: float,
     seed: int,
     as_json: bool,
 ) -> None:
     """Build a test recording: keywords at known times, other words and noise between them."""
-    from kws_ghost.stream_eval import build_recording, truth_path
+    from kws_ghost.stream_eval import build_recording, check_recording_output, truth_path
 
+    check_recording_output(out)
     if keywords:
         words = [k.strip() for k in keywords.split(",") if k.strip()]
     else:
-        from kws_ghost.checkpoint import find_default_model, load_checkpoint
+        from kws_ghost.checkpoint import find_default_model
+        from kws_ghost.runtime import load_model
 
-        words = load_checkpoint(find_default_model(model_path)).labels
+        words = load_model(find_default_model(model_path)).labels
     record = build_recording(
-        data, out, words, duration, split, distractors, noise_volume=noise_volume, seed=seed
+        data,
+        out,
+        words,
+        duration=duration,
+        split=split,
+        distractor_ratio=distractors,
+        noise_volume=noise_volume,
+        seed=seed,
+        every_keyword=every_keyword,
     )
     if as_json:
         from kws_ghost.cli import echo_json
@@ -79,31 +96,71 @@ def make_stream(
     "--truth", type=click.Path(dir_okay=False), help="Truth JSON (default: the recording's .json)."
 )
 @click.option(
+    "--negatives",
+    type=click.Path(dir_okay=False),
+    help="A negatives-only recording (make-stream --distractors 1) that counts the false "
+    "alarms per hour; default: the false alarms of RECORDING itself.",
+)
+@click.option(
     "--model",
     "model_path",
     type=click.Path(dir_okay=False),
     help="Checkpoint or .onnx (default: $KWS_GHOST_MODEL or runs/latest/best.pt).",
 )
 @detector_options
+@click.option(
+    "--scorer",
+    type=click.Choice(["auto", "stream", "segments", "window"]),
+    default="auto",
+    show_default=True,
+    help="As for detect (auto: segments for streaming models, window for clip-trained ones).",
+)
+@click.option(
+    "--target-fa-per-hour",
+    type=click.FloatRange(0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Report the hit rate at this false-alarm rate.",
+)
 @click.option("--plot", type=click.Path(dir_okay=False), help="Save the DET curve as a PNG.")
+@threads_option
 @json_option
 def eval_stream(
     recording: str,
     truth: Optional[str],
+    negatives: Optional[str],
     model_path: Optional[str],
+    scorer: str,
+    target_fa_per_hour: float,
     plot: Optional[str],
+    threads: Optional[int],
     as_json: bool,
-    **decision: Any,
+    **options: Any,
 ) -> None:
     """Hit rate, false alarms per hour and DET curve of a model on a test RECORDING."""
     from kws_ghost.checkpoint import find_default_model
     from kws_ghost.config import DetectorConfig
-    from kws_ghost.stream import load_scorer
+    from kws_ghost.fileio import check_png_output
+    from kws_ghost.runtime import load_model
     from kws_ghost.stream_eval import evaluate_recording, load_truth, plot_det, truth_path
+    from kws_ghost.threads import configure_threads
 
+    if plot:
+        check_png_output(plot)
     record = load_truth(truth or truth_path(recording))
-    scorer = load_scorer(find_default_model(model_path))
-    result = evaluate_recording(scorer, recording, record, DetectorConfig(**decision))
+    negative = (negatives, load_truth(truth_path(negatives))) if negatives else None
+    runtime = load_model(find_default_model(model_path), configure_threads(threads, "stream"))
+    if scorer == "auto":
+        scorer = "segments" if runtime.streaming else "window"
+    result = evaluate_recording(
+        runtime,
+        recording,
+        record,
+        config_from(DetectorConfig, options),
+        negative,
+        scorer,
+        target_fa_per_hour,
+    )
     if plot:
         plot_det(result, plot)
         result["plot"] = plot
@@ -112,15 +169,22 @@ def eval_stream(
 
         echo_json(result)
         return
+    source = Path(negatives).name if negatives else Path(recording).name
     click.echo(
-        f"{recording}: threshold {result['threshold']}: hit rate {result['hit_rate']:.3f} "
-        f"({result['hits']}/{result['keywords_in_recording']}), "
-        f"{result['false_alarms']} false alarms = {result['false_alarms_per_hour']:.1f} per hour"
+        f"{recording}: threshold {result['threshold']:.3g}: hit rate {result['hit_rate']:.3f} "
+        f"({result['hits']}/{result['keywords_in_recording']}), {result['false_alarms']} false "
+        f"alarms in {source} = {result['false_alarms_per_hour']:.1f} per hour"
+    )
+    at_target = result["threshold_at_target"]
+    click.echo(
+        f"hit rate at {target_fa_per_hour:g} false alarms per hour: "
+        f"{result['hit_rate_at_target']:.3f}"
+        + (f" (threshold {at_target:.4g})" if at_target is not None else " (never that quiet)")
     )
     click.echo(f"{'threshold':>9} {'hit rate':>9} {'FA/hour':>9}")
-    for point in result["det"][::4]:
+    for point in result["det"][::3]:
         click.echo(
-            f"{point['threshold']:>9.2f} {point['hit_rate']:>9.3f} "
+            f"{point['threshold']:>9.4g} {point['hit_rate']:>9.3f} "
             f"{point['false_alarms_per_hour']:>9.1f}"
         )
     if plot:
