@@ -67,7 +67,15 @@ def save_checkpoint(
     labels: list[str],
     **extra: Any,
 ) -> None:
-    """Write a checkpoint atomically (temporary file, then rename)."""
+    """Write a checkpoint atomically (temporary file, then rename).
+
+    The checkpoint is serialised in memory first and then written as plain bytes: torch.save
+    straight to a file reports a full disk as "[enforce fail at inline_container.cc] unexpected
+    pos", while a plain write raises ENOSPC, which ``atomic_path`` names in one line; either way
+    the previous file stays as it was.
+    """
+    import io
+
     import torch
 
     payload = {
@@ -80,8 +88,12 @@ def save_checkpoint(
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(buffer.getbuffer())
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
@@ -134,6 +146,30 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     known = {"format", "format_version", "model_config", "frontend_config", "labels", "model_state"}
     extra = {k: v for k, v in payload.items() if k not in known}
     return Checkpoint(path, model_config, frontend_config, labels, state, extra)
+
+
+def stored_data_path(checkpoint: Checkpoint) -> Optional[Path]:
+    """The corpus a checkpoint was trained on, where it can be found: the stored path (absolute
+    since 0.2), else that path taken relative to the checkpoint's own folder and the run folder's
+    parent (older checkpoints stored ``--data`` as typed). None when neither exists."""
+    stored = (checkpoint.extra.get("train_config") or {}).get("data")
+    if not stored:
+        return None
+    path = Path(stored)
+    candidates = (
+        [path]
+        if path.is_absolute()
+        else [
+            path,
+            checkpoint.path.parent / path,
+            checkpoint.path.parent.parent / path,
+            checkpoint.path.parent.parent.parent / path,
+        ]
+    )
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate.resolve()
+    return None
 
 
 def find_default_model(explicit: Optional[str] = None) -> Path:

@@ -12,7 +12,8 @@ from kws_ghost.errors import KwsError
 ARCHITECTURES = ("ghost-gru", "gru", "ghost-lstm", "lstm")
 CHEAP_OPERATIONS = ("linear", "elementwise")
 ACTIVATIONS = ("none", "tanh", "relu", "sigmoid")
-POOLINGS = ("mean", "last")
+POOLINGS = ("mean", "last", "max")
+OBJECTIVES = ("stream", "clip")
 FEATURE_KINDS = ("mfcc", "logmel")
 TASKS = ("gsc12", "gsc35", "custom")
 
@@ -37,6 +38,21 @@ def from_dict(cls: type[T], values: dict[str, Any], what: str = "config") -> T:
 def to_dict(obj: Any) -> dict[str, Any]:
     """A dataclass as a plain dict (JSON- and weights_only-safe)."""
     return dataclasses.asdict(obj)
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    choices: Optional[tuple[str, ...]] = None,
+    option: Optional[str] = None,
+    factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A config field with what its command-line option needs (``kws_ghost.cli.options``):
+    help text, allowed values, and the option name where it is not ``--field-name``."""
+    metadata = {"help": help, "choices": choices, "option": option}
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -106,19 +122,27 @@ class FrontendConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """A keyword classifier: recurrent stack -> pooling over time -> linear head."""
+    """A keyword classifier: recurrent stack -> per-frame linear head."""
 
-    arch: str = "ghost-gru"
-    input_dim: int = 40
-    hidden: int = 128
-    layers: int = 2
-    # Ghost ratio s: intrinsic size m = ceil(hidden / s). Ignored (treated as 1) for gru / lstm.
-    ratio: float = 2.0
-    cheap_op: str = "linear"
-    cheap_activation: str = "tanh"
-    dropout: float = 0.2
-    pooling: str = "mean"
-    num_classes: int = 12
+    arch: str = setting("ghost-gru", "Recurrent architecture.", ARCHITECTURES, "--model")
+    input_dim: int = 40  # set from the front-end
+    hidden: int = setting(128, "Width H of each recurrent layer.")
+    layers: int = setting(2, "Recurrent layers.")
+    ratio: float = setting(2.0, "Ghost ratio s: intrinsic size m = ceil(H / s) (gru and lstm: 1).")
+    cheap_op: str = setting(
+        "linear", "Cheap operation that makes the ghost states.", CHEAP_OPERATIONS
+    )
+    cheap_activation: str = setting(
+        "tanh", "Activation after the cheap operation ('none' allows folding).", ACTIVATIONS
+    )
+    dropout: float = setting(0.2, "Dropout between layers and before the head.")
+    pooling: str = setting(
+        "max",
+        "How clip scores come from frame logits: max (the streaming rule: a class's best "
+        "frame; silence only when every frame is silence), mean or last (clip objective).",
+        POOLINGS,
+    )
+    num_classes: int = 12  # set from the labels
 
     def validate(self) -> None:
         _choice("model", self.arch, ARCHITECTURES)
@@ -147,20 +171,31 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class DetectorConfig:
-    """Decision settings. Times in seconds; ``hop_ms`` is rounded to whole feature frames."""
+    """Decision settings; times in seconds.
 
-    hop_ms: float = 100.0
-    threshold: float = 0.6
-    smoothing: int = 3  # hops averaged (3 x 100 ms)
-    patience: int = 2  # consecutive hops above threshold before a run counts
-    refractory: float = 0.5  # seconds after an event's end before any keyword can fire again
-    keywords: Optional[list[str]] = None  # None: every keyword label of the model
+    ``threshold`` None: taken from the model's validation DET, at ``false_alarms_per_hour`` if
+    given, else at the model's own operating point (``kws_ghost.stream.resolve_threshold``).
+    """
+
+    threshold: Optional[float] = setting(
+        None, "Smoothed posterior needed to fire [default: from the model's validation DET]."
+    )
+    false_alarms_per_hour: Optional[float] = setting(
+        None, "Pick the threshold that gave this many false alarms per hour on validation."
+    )
+    smoothing: float = setting(0.1, "Seconds of posteriors averaged before the threshold.")
+    patience: float = setting(0.03, "Seconds above the threshold an event needs.")
+    refractory: float = setting(0.5, "Seconds after an event before another can fire.")
+    keywords: Optional[list[str]] = setting(None, "Only these keywords (comma-separated).")
+    hop_ms: float = setting(100.0, "Window scorer only: rescore the 1 s window this often.")
 
     def validate(self) -> None:
-        if not 0 < self.threshold <= 1:
+        if self.threshold is not None and not 0 < self.threshold <= 1:
             raise KwsError(f"threshold must be in (0, 1], not {self.threshold}")
-        if self.hop_ms <= 0 or self.smoothing < 1 or self.patience < 1 or self.refractory < 0:
-            raise KwsError("hop must be positive, smoothing and patience at least 1")
+        if self.false_alarms_per_hour is not None and self.false_alarms_per_hour < 0:
+            raise KwsError("false alarms per hour must not be negative")
+        if self.hop_ms <= 0 or self.smoothing < 0 or self.patience < 0 or self.refractory < 0:
+            raise KwsError("hop must be positive; smoothing, patience and refractory not negative")
 
 
 @dataclasses.dataclass
@@ -168,46 +203,120 @@ class AugmentConfig:
     """Training-time augmentation (off for evaluation). Defaults follow TF speech_commands:
     +-100 ms shift, background noise with probability 0.8 at volume <= 0.1; plus SpecAugment."""
 
-    time_shift_ms: float = 100.0
-    noise_prob: float = 0.8
-    noise_volume: float = 0.1
-    time_masks: int = 2
-    time_mask_frames: int = 10
-    freq_masks: int = 2
-    freq_mask_bins: int = 5
-    # Probability that a word clip becomes an _unknown_ example holding only a fragment of the
-    # word, as a sliding window sees it just before and after the word. Off by default: 5% cut
-    # false alarms on a synthetic stream fivefold but did not help on real speech (README).
-    fragment_prob: float = 0.0
+    time_shift_ms: float = setting(100.0, "Clip objective: random shift of up to this much.")
+    noise_prob: float = setting(0.8, "Clip objective: probability of mixing in background noise.")
+    noise_volume: float = setting(0.1, "Clip objective: ... at a volume of up to this.")
+    time_masks: int = setting(2, "SpecAugment time masks per second of audio.")
+    time_mask_frames: int = setting(10, "Longest time mask, in frames.")
+    freq_masks: int = setting(2, "SpecAugment feature masks.")
+    freq_mask_bins: int = setting(5, "Widest feature mask, in coefficients.")
+    fragment_prob: float = setting(
+        0.0,
+        "Clip objective: probability that a word clip is cut to a fragment and taught as "
+        "_unknown_, as a sliding window sees it before and after the word.",
+        option="--fragment-negatives",
+    )
+
+
+@dataclasses.dataclass
+class SequenceConfig:
+    """Long training sequences for the streaming objective: corpus clips laid end to end over
+    background noise, with per-frame targets (``kws_ghost.sequences``)."""
+
+    seconds: float = setting(3.0, "Length of each training sequence.", option="--sequence-seconds")
+    words: int = setting(2, "Corpus items per sequence.", option="--sequence-words")
+    distractors: int = setting(
+        1,
+        "Other words added to each sequence, drawn from all of the split's non-keyword clips "
+        "(the items hold only a sample of them): most false alarms are other speech.",
+    )
+    keyword_tail_seconds: float = setting(
+        0.3,
+        "A keyword may fire from its onset until this long after it ends (a causal model hears "
+        "the whole word only at its end).",
+    )
+    keyword_targets: str = setting(
+        "region",
+        "max: only max-pooling over each keyword's region; tail: also frame targets from the "
+        "word's end to the end of its region; region: also the cross-entropy of the region's "
+        "mean frame logits (denser supervision).",
+        ("max", "tail", "region"),
+    )
+    trim_prob: float = setting(0.5, "Probability a word is cut to its speech (else its 1 s clip).")
+    gain_db: float = setting(6.0, "Each word's level varies by up to this much, either way.")
+    noise_prob: float = setting(
+        0.8, "Probability a sequence lies over background noise.", option="--sequence-noise-prob"
+    )
+    noise_volume: float = setting(
+        0.1, "... at a volume of up to this.", option="--sequence-noise-volume"
+    )
+    state_reset_prob: float = setting(
+        0.25,
+        "Training carries each stream's state from batch to batch (so it stays healthy on audio "
+        "of any length), restarting from zeros with this probability.",
+    )
+
+    def validate(self) -> None:
+        if self.seconds <= 0 or self.words < 1 or self.distractors < 0:
+            raise KwsError("sequence seconds and words must be positive")
+        if (self.words + self.distractors) * 1.0 > self.seconds:
+            raise KwsError(
+                f"{self.words + self.distractors} words of up to 1 s do not fit in {self.seconds} s"
+            )
 
 
 @dataclasses.dataclass
 class TrainConfig:
     """Optimisation and data choices of a run (the model and front-end have their own configs).
 
-    Defaults: AdamW with a one-epoch warm-up and cosine decay, label smoothing 0.1, TF-style shift
-    and noise augmentation plus SpecAugment masks.
+    Defaults: the stream objective, AdamW with a one-epoch warm-up and cosine decay, label
+    smoothing 0.1, SpecAugment masks; best.pt by hit rate at 10 false alarms per hour.
     """
 
-    data: str = ""
-    task: str = "gsc12"
-    keywords: list[str] = dataclasses.field(default_factory=list)
-    extra_fraction: float = 0.1  # _silence_ and _unknown_ each, of every split
-    epochs: int = 40
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 1e-2
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    grad_clip: float = 5.0
-    seed: int = 0
-    device: str = "auto"
-    workers: int = -1  # -1: one per spare core, at most 4
-    norm_clips: int = 2000
+    data: str = setting("", "Corpus folder (Speech Commands layout).")
+    task: str = setting("gsc12", "gsc12, gsc35 (every word) or custom (with --keywords).", TASKS)
+    keywords: list[str] = setting(
+        help="Comma-separated keywords; other words become _unknown_.", factory=list
+    )
+    extra_fraction: float = setting(0.1, "Share of _silence_ and of _unknown_ in every split.")
+    objective: str = setting(
+        "stream",
+        "stream: per-frame targets on long sequences (max-pooling over each keyword, frame "
+        "cross-entropy elsewhere), the model a device streams; clip: one label per 1 s clip.",
+        OBJECTIVES,
+    )
+    epochs: int = setting(40, "Passes over the training items.")
+    batch_size: int = setting(16, "Global batch (sequences or clips), split across processes.")
+    lr: float = setting(3e-3, "Peak learning rate (AdamW, warm-up then cosine decay).")
+    weight_decay: float = setting(1e-2, "AdamW weight decay.")
+    warmup_epochs: float = setting(1.0, "Epochs of linear learning-rate warm-up.")
+    label_smoothing: float = setting(0.1, "Label smoothing of the cross-entropy terms.")
+    grad_clip: float = setting(5.0, "Gradient norm clipping.")
+    seed: int = setting(0, "Seed of everything random (splits, order, augmentation, weights).")
+    device: str = setting("auto", "auto, cpu or cuda.", ("auto", "cpu", "cuda"))
+    workers: int = setting(-1, "Data-loading processes (-1: one per spare core, at most 4).")
+    norm_clips: int = 2000  # training clips the feature statistics come from
+    target_fa_per_hour: float = setting(
+        10.0,
+        "best.pt is the epoch with the highest validation hit rate at this many false alarms "
+        "per hour (stream objective).",
+    )
+    val_recording_minutes: float = setting(
+        30.0, "Minutes of validation negatives (other words, noise) that count false alarms."
+    )
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    sequence: SequenceConfig = dataclasses.field(default_factory=SequenceConfig)
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise KwsError("epochs, batch size and learning rate must be positive")
+        _choice("objective", self.objective, OBJECTIVES)
         if isinstance(self.augment, dict):
             self.augment = from_dict(AugmentConfig, self.augment, "augment config")
+        if isinstance(self.sequence, dict):
+            self.sequence = from_dict(SequenceConfig, self.sequence, "sequence config")
+        self.sequence.validate()
+        if self.target_fa_per_hour <= 0:
+            raise KwsError(
+                f"target false alarms per hour must be positive: {self.target_fa_per_hour}"
+            )

@@ -252,16 +252,23 @@ class ClipDataset:
         start = rng.integers(0, len(noise) - self.clip_samples + 1)
         return noise[start : start + self.clip_samples]
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, int, int]:
+        """(audio, label, failed): ``failed`` is -1, or the item's index when its clip could not
+        be read (the audio is then silence). Workers cannot report a bad file themselves, so the
+        caller names it and decides (``skip_unreadable``)."""
         epoch, i = key if isinstance(key, tuple) else (0, key)
         item = self.items[i]
         augmenting = self.augment is not None
         # Silence crops of evaluation splits are fixed per item; training ones vary per epoch.
         rng = np.random.default_rng([self.seed, epoch if augmenting else 0, i])
+        failed = -1
         if item.path is None:
             audio = self.noise_crop(rng) * rng.uniform(0.0, 1.0)
         else:
-            audio = self.load_clip(item.path)
+            try:
+                audio = self.load_clip(item.path)
+            except KwsError:
+                audio, failed = np.zeros(self.clip_samples, np.float32), i
         label = item.label
         if augmenting:
             cfg = self.augment
@@ -274,7 +281,7 @@ class ClipDataset:
             ):
                 audio, label = word_fragment(audio, rng, self.sample_rate), self.fragment_label
             audio = self._augment(audio, rng)
-        return audio.astype(np.float32, copy=False), label
+        return audio.astype(np.float32, copy=False), label, failed
 
     def _augment(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         cfg = self.augment
@@ -285,6 +292,39 @@ class ClipDataset:
         if self.noise and rng.uniform() < cfg.noise_prob:
             audio = audio + self.noise_crop(rng) * rng.uniform(0.0, cfg.noise_volume)
         return np.clip(audio, -1.0, 1.0)
+
+
+class UnreadableClips:
+    """Counts the clips a run could not read: each is named once in a warning; past
+    ``max_fraction`` of the items (or when every item fails) it becomes an error."""
+
+    def __init__(
+        self, dataset: Any, warn: Callable[[str], None], max_fraction: float = 0.01
+    ) -> None:
+        self.dataset = dataset
+        self.warn = warn
+        self.limit = max(1, int(max_fraction * len(dataset.items)))
+        self.failed: set[int] = set()
+
+    def add(self, indices: Any) -> None:
+        for index in sorted({int(i) for i in indices if int(i) >= 0} - self.failed):
+            self.failed.add(index)
+            relpath = self.dataset.items[index].path
+            reason = self.reason(relpath)
+            if len(self.failed) > self.limit:
+                raise KwsError(
+                    f"{len(self.failed)} of {len(self.dataset.items)} clips of "
+                    f"{self.dataset.corpus.root} are unreadable, more than "
+                    f"{self.limit}; the latest: {reason}"
+                )
+            self.warn(f"warning: skipping an unreadable clip ({len(self.failed)} so far): {reason}")
+
+    def reason(self, relpath: str) -> str:
+        try:
+            self.dataset.load_clip(relpath)
+        except KwsError as exc:
+            return str(exc)
+        return f"{relpath}: could not be read"
 
 
 def fit_length(audio: np.ndarray, length: int) -> np.ndarray:

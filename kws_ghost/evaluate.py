@@ -1,9 +1,16 @@
-"""Evaluation of a checkpoint on a corpus split: accuracy, per-class P/R/F1, confusion matrix."""
+"""Clip evaluation of a model on a corpus split: accuracy, per-class P/R/F1, confusion matrix.
+
+The model is whatever ``kws_ghost.runtime.load_model`` loads (a checkpoint, or an exported ONNX
+step model, which then runs without torch); clip scores come from its frame logits by its
+pooling (``clip_scores``). The split is built exactly as in training (same seed, same unknown and
+silence sampling); an unreadable clip is skipped with a warning that names it.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -12,149 +19,124 @@ import numpy as np
 from kws_ghost.errors import KwsError
 
 
-def predict(
-    logits_of: Callable[[Any], Any], frontend: Any, loader: Any, device: Any, progress: bool = False
-) -> tuple:
-    """Logits [N, C] and targets [N] (CPU tensors) for every batch of ``loader``;
-    ``logits_of(features)`` is the model (a PyTorch module's logits or an ONNX session's)."""
-    import torch
-    from tqdm import tqdm
+def clip_predictions(
+    runtime: Any, batches: Iterable[Any], frontend: Any = None
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(clip scores [N, C], targets [N], indices of unreadable items) over ``batches`` of
+    ``(audio [B, samples], label [B], failed [B])``, as ``ClipDataset`` yields them. Features
+    come from ``frontend`` (the torch ``Frontend``, batched) or the numpy front-end."""
+    from kws_ghost.frontend import compute_features
 
-    all_logits, all_targets = [], []
-    with torch.inference_mode():
-        for audio, target in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
-            logits = logits_of(frontend(audio.to(device)))
-            all_logits.append(torch.as_tensor(logits).float().cpu())
-            all_targets.append(target)
-    if not all_logits:
-        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
-    return torch.cat(all_logits), torch.cat(all_targets)
+    scores, targets, failed = [], [], []
+    for audio, label, bad in batches:
+        bad, label = np.asarray(bad), np.asarray(label)
+        failed += [int(i) for i in bad if i >= 0]
+        keep = bad < 0
+        if frontend is not None:
+            import torch
+
+            with torch.inference_mode():
+                features = frontend(torch.as_tensor(audio)[torch.as_tensor(keep)]).cpu().numpy()
+        else:
+            fe = runtime.frontend_config
+            features = np.stack([compute_features(a, fe) for a in np.asarray(audio)[keep]])
+        if len(features):
+            scores.append(runtime.clip_logits(features))
+            targets.append(label[keep])
+    if not scores:
+        return np.zeros((0, len(runtime.labels)), np.float32), np.zeros(0, np.int64), failed
+    return np.concatenate(scores), np.concatenate(targets).astype(np.int64), failed
 
 
-def model_for_evaluation(path: str | os.PathLike[str], device: Any) -> tuple:
-    """(logits function, labels, front-end config, train config, parameter count) of a
-    checkpoint, or of an exported ``.onnx`` model (run with onnxruntime on the CPU)."""
-    if str(path).endswith(".onnx"):
-        import torch
+def classification_report(
+    predicted: np.ndarray, target: np.ndarray, labels: Sequence[str]
+) -> dict[str, Any]:
+    """Accuracy (a fraction), per-class precision/recall/F1/support, macro F1 and the confusion
+    matrix (rows: true class, columns: predicted), by scikit-learn."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-        from kws_ghost.export import OnnxKeywordModel
-
-        onnx_model = OnnxKeywordModel(path)
-
-        def onnx_logits(features: Any) -> Any:
-            return torch.from_numpy(onnx_model.clip_logits(features.cpu().numpy()))
-
-        from kws_ghost.models import build_model
-
-        params = build_model(onnx_model.model_config).num_params()
-        return onnx_logits, onnx_model.labels, onnx_model.frontend_config, {}, params
-
-    from kws_ghost.checkpoint import load_checkpoint
-
-    checkpoint = load_checkpoint(path)
-    model = checkpoint.build_model(device)
-    train_config = checkpoint.extra.get("train_config", {})
-
-    def torch_logits(features: Any) -> Any:
-        return model(features)[0]
-
-    return (
-        torch_logits,
-        checkpoint.labels,
-        checkpoint.frontend_config,
-        train_config,
-        model.num_params(),
+    classes = list(range(len(labels)))
+    confusion = confusion_matrix(target, predicted, labels=classes)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        target, predicted, labels=classes, zero_division=0
     )
-
-
-def confusion_matrix(predicted: np.ndarray, target: np.ndarray, classes: int) -> np.ndarray:
-    """Rows: true class, columns: predicted class."""
-    matrix = np.zeros((classes, classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(target), np.asarray(predicted)), 1)
-    return matrix
-
-
-def classification_report(confusion: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
-    """Accuracy (a fraction), per-class precision/recall/F1/support, macro F1."""
-    confusion = np.asarray(confusion)
-    true_positive = np.diag(confusion).astype(float)
-    support = confusion.sum(1)
-    predicted = confusion.sum(0)
-    per_class = {}
-    for i, label in enumerate(labels):
-        precision = true_positive[i] / predicted[i] if predicted[i] else 0.0
-        recall = true_positive[i] / support[i] if support[i] else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[label] = {
-            "precision": round(precision, 6),
-            "recall": round(recall, 6),
-            "f1": round(f1, 6),
+    per_class = {
+        label: {
+            "precision": round(float(precision[i]), 6),
+            "recall": round(float(recall[i]), 6),
+            "f1": round(float(f1[i]), 6),
             "support": int(support[i]),
         }
+        for i, label in enumerate(labels)
+    }
     total = int(confusion.sum())
-    present = [c for c in per_class.values() if c["support"]]
+    present = [c["f1"] for c in per_class.values() if c["support"]]
     return {
-        "accuracy": float(true_positive.sum() / total) if total else 0.0,
+        "accuracy": float(np.trace(confusion) / total) if total else 0.0,
         "count": total,
-        "macro_f1": float(np.mean([c["f1"] for c in present])) if present else 0.0,
+        "macro_f1": float(np.mean(present)) if present else 0.0,
         "per_class": per_class,
         "labels": list(labels),
         "confusion": confusion.tolist(),
     }
 
 
-def evaluate_checkpoint(
-    checkpoint_path: str | os.PathLike[str],
+def evaluate_model(
+    model_path: str | os.PathLike[str],
     data_dir: str | os.PathLike[str],
     split: str = "testing",
     batch_size: int = 256,
-    device: str = "auto",
-    workers: int = -1,
-    progress: bool = True,
+    progress: bool = False,
+    warn: Optional[Callable[[str], None]] = None,
 ) -> dict[str, Any]:
-    """Score a checkpoint on a split of a corpus, with the split built as in training."""
-    import torch
+    """Score a model file (``.pt`` or ``.onnx``) on a split of a corpus."""
+    from tqdm import tqdm
 
-    from kws_ghost.data import ClipDataset, EpochSampler, build_items, canonical_split, scan_corpus
-    from kws_ghost.features import Frontend
-    from kws_ghost.train import _worker_init, pick_device
-
-    split = canonical_split(split)
-    torch_device = pick_device(device)
-    logits_of, labels, fe, train_config, params = model_for_evaluation(
-        checkpoint_path, torch_device
+    from kws_ghost.data import (
+        ClipDataset,
+        UnreadableClips,
+        build_items,
+        canonical_split,
+        scan_corpus,
     )
-    frontend = Frontend(fe).to(torch_device)
+    from kws_ghost.runtime import load_model
+
+    warn = warn or (lambda message: print(message, file=sys.stderr))
+    split = canonical_split(split)
+    runtime = load_model(model_path)
+    fe = runtime.frontend_config
+    train = runtime.train_config
     corpus = scan_corpus(data_dir)
     items = build_items(
         corpus,
-        labels,
+        runtime.labels,
         split,
-        seed=int(train_config.get("seed", 0)),
-        fraction=float(train_config.get("extra_fraction", 0.1)),
+        seed=int(train.get("seed", 0)),
+        fraction=float(train.get("extra_fraction", 0.1)),
     )
     if not items:
         raise KwsError(f"{data_dir}: no {split} clips for this model's labels")
     dataset = ClipDataset(corpus, items, fe.clip_samples, fe.sample_rate, None)
-    if workers < 0:
-        workers = max(0, min(4, (os.cpu_count() or 1) - 1))
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), shuffle=False, even=False),
-        num_workers=workers,
-        worker_init_fn=_worker_init,
-    )
-    logits, targets = predict(logits_of, frontend, loader, torch_device, progress)
-    confusion = confusion_matrix(logits.argmax(1).numpy(), targets.numpy(), len(labels))
-    report = classification_report(confusion, labels)
+    unreadable = UnreadableClips(dataset, warn)
+
+    def batches() -> Iterable[Any]:
+        bar = tqdm(total=len(dataset), desc="evaluating", unit="clip", disable=not progress)
+        with bar:
+            for start in range(0, len(dataset), batch_size):
+                rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+                unreadable.add(r[2] for r in rows)
+                bar.update(len(rows))
+                yield tuple(np.stack([r[k] for r in rows]) for k in range(3))
+
+    scores, targets, _ = clip_predictions(runtime, batches())
+    report = classification_report(scores.argmax(1), targets, runtime.labels)
     report.update(
         {
-            "checkpoint": str(checkpoint_path),
+            "model": str(model_path),
             "data": str(data_dir),
             "split": split,
-            "model": Path(checkpoint_path).name,
-            "params": params,
+            "params": runtime.params,
+            "skipped_unreadable": len(unreadable.failed),
         }
     )
     return report
@@ -164,7 +146,7 @@ def format_report(report: dict[str, Any]) -> str:
     """Plain-text summary: headline, per-class table, confusion matrix."""
     labels = report["labels"]
     lines = [
-        f"{report.get('model', 'model')} on {report.get('split', '?')} split of "
+        f"{Path(report.get('model', 'model')).name} on {report.get('split', '?')} split of "
         f"{report.get('data', '?')}: accuracy {report['accuracy']:.4f} "
         f"({report['count']} clips), macro F1 {report['macro_f1']:.4f}, "
         f"{report.get('params', 0):,} parameters",
@@ -217,7 +199,6 @@ def plot_confusion(
                 )
     ax.set_title(title or f"accuracy {report['accuracy']:.3f} ({report['count']} clips)")
     fig.tight_layout()
-    target = Path(path)
-    with atomic_path(target, suffix=".png") as tmp:
+    with atomic_path(Path(path), suffix=".png") as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)

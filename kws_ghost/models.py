@@ -1,8 +1,11 @@
 """The keyword classifier and its factory.
 
-``KeywordModel(features, state) -> (logits, state)`` serves training, evaluation, streaming and
-export alike. Feature normalisation (per-coefficient mean and std of the training split) lives in
-the model as buffers, so a checkpoint or an exported graph takes raw front-end features.
+``KeywordModel(features, state) -> (frame logits, state)`` serves training, evaluation, streaming
+and export alike: per-frame logits from a causal recurrent stack, with the recurrent state passed
+in and out, so a stream of any length runs through it chunk by chunk. Clip scores come from the
+frame logits by the model's pooling (``kws_ghost.runtime.clip_scores``). Feature normalisation
+(per-coefficient mean and std of the training split) lives in the model as buffers, so a
+checkpoint or an exported graph takes raw front-end features.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from kws_ghost.layers import GhostRNN
 
 
 class KeywordModel(nn.Module):
-    """Normalise -> recurrent stack -> pool over time -> dropout -> linear head."""
+    """Normalise -> recurrent stack -> dropout -> linear head, for every frame."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -46,21 +49,14 @@ class KeywordModel(nn.Module):
         return (features - self.feature_mean) / self.feature_std
 
     def forward(self, features: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        """features [B, T, F] (raw front-end output) -> (logits [B, classes], final state)."""
+        """features [B, T, F] (raw front-end output), state [layers, B, S] or None (zeros) ->
+        (frame logits [B, T, classes], state after the last frame)."""
         y, state = self.rnn(self.normalize(features), state)
-        pooled = y.mean(dim=1) if self.config.pooling == "mean" else y[:, -1]
-        return self.head(self.dropout(pooled)), state
-
-    def frame_logits(
-        self, features: Tensor, state: Optional[Tensor] = None
-    ) -> tuple[Tensor, Tensor]:
-        """Per-frame logits [B, T, classes]. The head is linear, so the clip logits are the mean of
-        these over the window (``pooling='mean'``) or the last one (``pooling='last'``)."""
-        y, state = self.rnn(self.normalize(features), state)
-        return self.head(y), state
+        return self.head(self.dropout(y)), state
 
     def step(self, frame: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """One feature frame [B, F] -> (frame logits [B, classes], new state)."""
+        """One feature frame [B, F] -> (frame logits [B, classes], new state): what a device runs
+        per frame, and what export traces."""
         y, state = self.rnn.step(self.normalize(frame), state)
         return self.head(y), state
 
@@ -71,7 +67,7 @@ class KeywordModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def macs_per_frame(self) -> int:
-        """Recurrent stack only: the head runs once per decision, not per frame."""
+        """Recurrent stack only (the head adds ``head_macs`` where it runs every frame)."""
         return self.rnn.macs_per_frame()
 
     def head_macs(self) -> int:

@@ -1,16 +1,27 @@
 """Training: one process or many (``torchrun``), resumable from the last finished epoch.
 
+The pieces: ``build_data`` (corpus, labels, the split's clips or training sequences, the
+validation recordings), ``build_network`` (the model with the training split's feature
+statistics), ``build_optimizer`` (AdamW with warm-up and cosine decay), and ``Trainer``, the loop.
+
+The default objective, ``stream``, trains the model a device runs: long sequences of corpus items
+with per-frame targets (``kws_ghost.sequences``, ``kws_ghost.losses.stream_loss``), the state
+carried from batch to batch. After every epoch the model is scored on the validation clips (clip
+accuracy) and on recordings of validation speakers (hit rate at ``target_fa_per_hour``), and
+``best.pt`` is the epoch that ``selection_key`` ranks first. ``clip`` is the earlier recipe: one
+label per 1 s clip.
+
 A run folder holds ``config.json``, ``metrics.jsonl`` (one line per epoch), ``last.pt`` (with the
-optimiser, scheduler and RNG state) and ``best.pt`` (best validation accuracy, ties broken by the
-lower validation loss), each written atomically at the end of every epoch, so a killed run loses
-at most the epoch in progress.
-``runs/latest`` points at the newest run. Only rank 0 writes files.
+optimiser, scheduler and RNG state) and ``best.pt``, each written atomically at the end of every
+epoch, so a killed run loses at most the epoch in progress. ``runs/latest`` points at the newest
+run under ``runs/`` once it has written its first checkpoint. Only rank 0 writes files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -20,9 +31,13 @@ from typing import Any, Callable, Optional
 
 from kws_ghost.config import FrontendConfig, ModelConfig, TrainConfig, from_dict, to_dict
 from kws_ghost.data import (
+    SILENCE,
     UNKNOWN,
     ClipDataset,
+    Corpus,
     EpochSampler,
+    Item,
+    UnreadableClips,
     build_items,
     count_labels,
     resolve_labels,
@@ -30,7 +45,12 @@ from kws_ghost.data import (
     spec_augment,
 )
 from kws_ghost.errors import KwsError
-from kws_ghost.fileio import write_json
+from kws_ghost.fileio import atomic_open, write_json
+from kws_ghost.sequences import IGNORE
+
+RUNS = Path("runs")
+BACKGROUND = (SILENCE, UNKNOWN)
+RUN_MARKER = ".kws-ghost-run"  # a folder holding it was made by `kws-ghost train`
 
 
 @dataclasses.dataclass
@@ -71,13 +91,18 @@ def pick_device(requested: str, local_rank: int = 0) -> Any:
 
 
 def default_run_dir(model_config: ModelConfig) -> Path:
-    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{model_config.arch}"
+    return RUNS / f"{time.strftime('%Y%m%d-%H%M%S')}-{model_config.arch}"
 
 
 def point_latest(run_dir: Path) -> None:
-    """Make ``runs/latest`` (beside the run folder) a symlink to it, replaced atomically."""
-    latest = run_dir.parent / "latest"
-    tmp = run_dir.parent / f".latest.{os.getpid()}"
+    """Make ``runs/latest`` a symlink to ``run_dir`` (replaced atomically) when the run lives in
+    ``runs/``, where the default model lookup reads it; a run elsewhere leaves it alone."""
+    if run_dir.resolve().parent != RUNS.resolve():
+        return
+    latest = RUNS / "latest"
+    if latest.exists() and not latest.is_symlink():
+        return  # not ours: never replace it
+    tmp = RUNS / f".latest.{os.getpid()}"
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     os.symlink(run_dir.name, tmp)
@@ -104,6 +129,7 @@ def feature_statistics(dataset: ClipDataset, frontend: Any, limit: int, seed: in
     frames = 0
     for start in range(0, count, 256):
         batch = np.stack([dataset[int(i)][0] for i in chosen[start : start + 256]])
+        # (an unreadable clip is silence here; training names it when it meets it)
         with torch.no_grad():
             feats = frontend(torch.from_numpy(batch)).double().reshape(-1, total.numel())
         total += feats.sum(0)
@@ -114,8 +140,139 @@ def feature_statistics(dataset: ClipDataset, frontend: Any, limit: int, seed: in
     return mean.float(), std.float()
 
 
+# -- the pieces ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RunData:
+    """What a run trains and validates on."""
+
+    corpus: Corpus
+    labels: list[str]
+    train_items: list[Item]
+    val_items: list[Item]
+    train_set: Any  # ClipDataset (clip objective) or SequenceDataset (stream objective)
+    train_clips: ClipDataset  # the training items' clips (inside train_set)
+    val_clips: ClipDataset
+    recordings: Any = None  # ValidationRecordings (stream objective, validation speakers)
+
+
+def build_data(
+    config: TrainConfig,
+    frontend: FrontendConfig,
+    labels: Optional[list[str]] = None,
+    log: Callable[[str], None] = print,
+) -> RunData:
+    """Index the corpus and build the training set and validation material of ``config``."""
+    corpus = scan_corpus(config.data, warn=log)
+    if labels is None:
+        labels = resolve_labels(corpus, config.task, config.keywords, warn=log)
+    if len(labels) < 2:
+        raise KwsError(f"{corpus.root}: only {len(labels)} class(es) with data")
+    seed, fraction = config.seed, config.extra_fraction
+    train_items = build_items(corpus, labels, "training", seed, fraction)
+    val_items = build_items(corpus, labels, "validation", seed, fraction)
+    if not train_items:
+        raise KwsError(f"{corpus.root}: the training split is empty")
+    if not val_items:
+        log("note: the validation split is empty: best.pt will be the last epoch")
+    clip, rate = frontend.clip_samples, frontend.sample_rate
+    val_clips = ClipDataset(corpus, val_items, clip, rate, None, seed)
+    recordings = None
+    if config.objective == "stream":
+        from kws_ghost.sequences import SequenceDataset
+
+        train_clips = ClipDataset(corpus, train_items, clip, rate, None, seed)
+        others = [
+            p
+            for word in sorted(corpus.words)
+            if word not in labels
+            for p in corpus.clips(word, "training")
+        ]
+        train_set: Any = SequenceDataset(
+            train_clips, labels, config.sequence, frontend, seed, others
+        )
+        if val_items and any(label not in BACKGROUND for label in labels):
+            from kws_ghost.stream_eval import ValidationRecordings
+
+            recordings = ValidationRecordings(
+                corpus, labels, frontend, config.val_recording_minutes, seed, log
+            )
+    else:
+        fragment = labels.index(UNKNOWN) if UNKNOWN in labels else None
+        train_clips = ClipDataset(corpus, train_items, clip, rate, config.augment, seed, fragment)
+        train_set = train_clips
+    return RunData(
+        corpus, labels, train_items, val_items, train_set, train_clips, val_clips, recordings
+    )
+
+
+def build_network(
+    model_config: ModelConfig, frontend: FrontendConfig, data: RunData, config: TrainConfig
+) -> Any:
+    """The model for ``data``'s labels and features, normalised by training-split statistics."""
+    import torch
+
+    from kws_ghost.features import Frontend
+    from kws_ghost.models import build_model
+
+    model_config = dataclasses.replace(
+        model_config, input_dim=frontend.num_features, num_classes=len(data.labels)
+    )
+    torch.manual_seed(config.seed)
+    model = build_model(model_config)
+    plain = ClipDataset(
+        data.corpus, data.train_items, frontend.clip_samples, frontend.sample_rate, None
+    )
+    mean, std = feature_statistics(plain, Frontend(frontend), config.norm_clips, config.seed)
+    model.set_normalization(mean, std)
+    return model
+
+
+def build_optimizer(model: Any, config: TrainConfig, steps_per_epoch: int) -> tuple[Any, Any]:
+    """AdamW, one epoch (``warmup_epochs``) of linear warm-up, then cosine decay to 1%."""
+    import torch
+
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    total = steps_per_epoch * config.epochs
+    warmup = max(1, int(steps_per_epoch * config.warmup_epochs))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup, total)
+    )
+    return optimizer, scheduler
+
+
+def selection_key(record: dict[str, Any]) -> tuple[float, ...]:
+    """How epochs rank for ``best.pt`` (higher is better): hit rate on the validation recording
+    at the target false-alarm rate where measured, then clip accuracy, then the lower validation
+    loss. A small validation set often ties epochs on accuracy, and the lower-loss one of them
+    generalised better to held-out speakers."""
+    return (
+        record.get("val_hit_rate", -1.0),
+        record.get("val_accuracy", -1.0),
+        -record.get("val_loss", math.inf),
+    )
+
+
+def best_epoch(history: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """The record ``best.pt`` holds: the first epoch with the highest ``selection_key``."""
+    best: Optional[dict[str, Any]] = None
+    for record in history:
+        if best is None or selection_key(record) > selection_key(best):
+            best = record
+    return best
+
+
+# -- the loop ------------------------------------------------------------------------------------
+
+
 class Trainer:
-    """Holds a run's state; ``run()`` trains until ``config.epochs`` and returns the history."""
+    """A run's state; ``run()`` trains until ``config.epochs`` and returns the history.
+
+    ``Trainer(...)`` starts a new run; ``Trainer.resume(run_dir)`` continues one.
+    """
 
     def __init__(
         self,
@@ -123,13 +280,16 @@ class Trainer:
         model_config: ModelConfig,
         frontend_config: FrontendConfig,
         run_dir: Optional[Path] = None,
-        resume: bool = False,
         progress: bool = True,
         log: Callable[[str], None] | None = None,
+        checkpoint: Any = None,
     ) -> None:
-        import torch
-
         train_config.validate()
+        if not train_config.data:
+            raise KwsError("--data is required (a Speech Commands-layout folder)")
+        if checkpoint is None:  # the corpus as an absolute path: eval and analyze run anywhere
+            absolute = str(Path(train_config.data).resolve())
+            train_config = dataclasses.replace(train_config, data=absolute)
         self.config = train_config
         self.frontend_config = frontend_config
         self.progress = progress
@@ -142,80 +302,31 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir else default_run_dir(model_config)
         if self.dist.world_size > 1:
             self.run_dir = self._agree_on_run_dir(self.run_dir)
-        self.start_epoch = 0
-        self.history: list[dict[str, Any]] = []
-        self.best_accuracy = -1.0
-        self.best_loss = float("inf")
-        checkpoint = self._resume_point() if resume else None
-        if checkpoint is None and resume:
-            raise KwsError(f"{self.run_dir}: nothing to resume (no last.pt)")
+        if checkpoint is None:
+            _check_new_run_dir(self.run_dir)
+        labels = checkpoint.labels if checkpoint is not None else None
+        self.data = build_data(train_config, frontend_config, labels, self.log)
+        self.labels = self.data.labels
         if checkpoint is not None:
-            model_config = checkpoint.model_config
-            self.frontend_config = frontend_config = checkpoint.frontend_config
-        elif (self.run_dir / "last.pt").exists():
-            raise KwsError(
-                f"{self.run_dir} already holds a run: add --resume to continue it, or choose "
-                "another --out"
-            )
+            from kws_ghost.models import build_model
 
-        corpus = scan_corpus(train_config.data, warn=self.log)
-        if checkpoint is not None:
-            self.labels = checkpoint.labels
+            self.model = build_model(checkpoint.model_config)
         else:
-            self.labels = resolve_labels(
-                corpus, train_config.task, train_config.keywords, warn=self.log
-            )
-        if len(self.labels) < 2:
-            raise KwsError(f"{corpus.root}: only {len(self.labels)} class(es) with data")
-        seed = train_config.seed
-        fraction = train_config.extra_fraction
-        self.train_items = build_items(corpus, self.labels, "training", seed, fraction)
-        self.val_items = build_items(corpus, self.labels, "validation", seed, fraction)
-        if not self.train_items:
-            raise KwsError(f"{corpus.root}: the training split is empty")
-        if not self.val_items:
-            self.log("note: the validation split is empty: best.pt will be the last epoch")
-        clip = frontend_config.clip_samples
-        rate = frontend_config.sample_rate
-        fragment_label = self.labels.index(UNKNOWN) if UNKNOWN in self.labels else None
-        self.train_set = ClipDataset(
-            corpus, self.train_items, clip, rate, train_config.augment, seed, fragment_label
-        )
-        self.val_set = ClipDataset(corpus, self.val_items, clip, rate, None, seed)
-
+            self.model = build_network(model_config, frontend_config, self.data, train_config)
+        self.model.to(self.device)
         from kws_ghost.features import Frontend
-        from kws_ghost.models import build_model
 
-        model_config = dataclasses.replace(
-            model_config, input_dim=frontend_config.num_features, num_classes=len(self.labels)
-        )
-        torch.manual_seed(seed)
-        self.model = build_model(model_config).to(self.device)
         self.frontend = Frontend(frontend_config).to(self.device)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay
-        )
         self.batch_size = max(1, math.ceil(train_config.batch_size / self.dist.world_size))
         self.sampler = EpochSampler(
-            len(self.train_set), seed, True, self.dist.rank, self.dist.world_size
+            len(self.data.train_set), train_config.seed, True, self.dist.rank, self.dist.world_size
         )
         steps_per_epoch = math.ceil(len(self.sampler) / self.batch_size)
-        total = steps_per_epoch * train_config.epochs
-        warmup = max(1, int(steps_per_epoch * train_config.warmup_epochs))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, warmup, total)
-        )
+        self.optimizer, self.scheduler = build_optimizer(self.model, train_config, steps_per_epoch)
+        self.start_epoch = 0
+        self.history: list[dict[str, Any]] = []
         if checkpoint is not None:
             self._restore(checkpoint)
-        else:
-            mean, std = feature_statistics(
-                ClipDataset(corpus, self.train_items, clip, rate, None, seed),
-                self.frontend.cpu(),
-                train_config.norm_clips,
-                seed,
-            )
-            self.frontend.to(self.device)
-            self.model.set_normalization(mean.to(self.device), std.to(self.device))
         self.ddp_model = self.model
         if self.dist.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -223,8 +334,56 @@ class Trainer:
             self.ddp_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        self.state: Any = None  # the stream objective's recurrent state, carried across batches
+        self.background = [i for i, label in enumerate(self.labels) if label in BACKGROUND]
+        self.unreadable = UnreadableClips(self.data.train_clips, self.log)
+        self.unreadable_val = UnreadableClips(self.data.val_clips, self.log)
 
-    # -- set-up helpers ---------------------------------------------------------------------------
+    @classmethod
+    def resume(
+        cls,
+        run_dir: str | os.PathLike[str],
+        epochs: Optional[int] = None,
+        data: Optional[str] = None,
+        progress: bool = True,
+        log: Callable[[str], None] | None = None,
+        **overrides: Any,
+    ) -> Trainer:
+        """Continue the run in ``run_dir`` from its ``last.pt`` (model, optimiser, scheduler, RNG
+        and history), optionally to more ``epochs``, on ``data`` (the corpus moved), or with
+        ``overrides`` of run-time settings (device, workers) that do not change the recipe."""
+        from kws_ghost.checkpoint import load_checkpoint, stored_data_path
+
+        run_dir = Path(run_dir)
+        last = run_dir / "last.pt"
+        if not last.exists():
+            raise KwsError(f"{run_dir}: nothing to resume (no last.pt)")
+        checkpoint = load_checkpoint(last)
+        stored = checkpoint.extra.get("train_config")
+        if not isinstance(stored, dict) or not isinstance(
+            checkpoint.extra.get("train_state"), dict
+        ):
+            raise KwsError(f"{last}: holds no training state to resume from")
+        config = from_dict(TrainConfig, stored, f"{last}: train config")
+        if data is not None:
+            if Path(data).resolve() != Path(config.data).resolve():
+                (log or _stderr)(f"note: resuming on {data} (the run started on {config.data})")
+            config.data = str(Path(data).resolve())
+        else:
+            found = stored_data_path(checkpoint)
+            config.data = str(found) if found is not None else config.data
+        if epochs is not None:
+            config.epochs = epochs
+        config = dataclasses.replace(config, **overrides)
+        return cls(
+            config,
+            checkpoint.model_config,
+            checkpoint.frontend_config,
+            run_dir,
+            progress,
+            log,
+            checkpoint=checkpoint,
+        )
 
     def _agree_on_run_dir(self, run_dir: Path) -> Path:
         """Every rank uses rank 0's folder name (timestamps may differ by a second)."""
@@ -234,58 +393,40 @@ class Trainer:
         dist.broadcast_object_list(names, src=0)
         return Path(names[0])
 
-    def _resume_point(self) -> Any:
-        from kws_ghost.checkpoint import load_checkpoint
-
-        last = self.run_dir / "last.pt"
-        if not last.exists():
-            return None
-        return load_checkpoint(last)
-
     def _restore(self, checkpoint: Any) -> None:
         import torch
 
-        state = checkpoint.extra.get("train_state")
-        if not isinstance(state, dict):
-            raise KwsError(f"{checkpoint.path}: holds no training state to resume from")
-        stored = checkpoint.extra.get("train_config", {})
-        if (
-            stored.get("data")
-            and Path(stored["data"]).resolve() != Path(self.config.data).resolve()
-        ):
-            self.log(f"note: resuming on {self.config.data} (the run started on {stored['data']})")
+        state = checkpoint.extra["train_state"]
         self.model.load_state_dict(checkpoint.model_state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         self.start_epoch = int(state["epoch"])
         self.history = list(state["history"])
-        self.best_accuracy, self.best_loss = best_so_far(self.history)
         self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}")
-
-    # -- the loop ---------------------------------------------------------------------------------
 
     def run(self, stop_after: Optional[int] = None) -> list[dict[str, Any]]:
         """Train to ``config.epochs`` (or stop early after epoch ``stop_after``, leaving a run that
-        ``--resume`` continues as if it had been interrupted there)."""
-        if self.dist.is_main:
-            self._write_run_files()
+        ``resume`` continues as if it had been interrupted there)."""
         last_epoch = min(self.config.epochs, stop_after or self.config.epochs)
         for epoch in range(self.start_epoch, last_epoch):
             record = self._train_epoch(epoch)
-            if self.val_items:
-                record.update(self._validate(epoch))
+            detection = None
+            if self.data.val_items:
+                started = time.perf_counter()
+                metrics, detection = self._validate()
+                record.update(metrics, val_seconds=round(time.perf_counter() - started, 3))
             self.history.append(record)
             self.log(_summary(record, self.config.epochs))
             if self.dist.is_main:
-                self._save(epoch + 1, record)
+                self._save(epoch + 1, record, detection)
             self._barrier()
-        if self.dist.is_main:
-            best = max((r.get("val_accuracy", -1) for r in self.history), default=-1)
-            self.log(f"done: {self.run_dir} (best validation accuracy {best:.4f})")
+        if self.dist.is_main and self.history:
+            best = best_epoch(self.history)
+            self.log(f"done: {self.run_dir} (best.pt: epoch {best['epoch']}, {_brief(best)})")
         return self.history
 
-    def _loader(self, dataset: ClipDataset, sampler: Any, batch_size: int) -> Any:
+    def _loader(self, dataset: Any, sampler: Any, batch_size: int) -> Any:
         import torch
 
         workers = self.config.workers
@@ -306,10 +447,11 @@ class Trainer:
 
         self.model.train()
         self.sampler.set_epoch(epoch)
-        loader = self._loader(self.train_set, self.sampler, self.batch_size)
+        self.state = None
+        loader = self._loader(self.data.train_set, self.sampler, self.batch_size)
         generator = torch.Generator().manual_seed(self.config.seed * 1000003 + epoch)
         autocast, scaler = self._mixed_precision()
-        loss_sum, correct, seen = 0.0, 0, 0
+        totals = {"loss": 0.0, "right": 0, "seen": 0}
         started = time.perf_counter()
         bar = tqdm(
             loader,
@@ -319,19 +461,9 @@ class Trainer:
             unit="batch",
             file=sys.stderr,
         )
-        for audio, target in bar:
-            audio = audio.to(self.device, non_blocking=True)
-            target = target.to(self.device, non_blocking=True)
-            with torch.no_grad():
-                features = self.frontend(audio)
-                features = spec_augment(
-                    features, self.config.augment, self.model.feature_mean, generator
-                )
+        for batch in bar:
             with autocast:
-                logits, _ = self.ddp_model(features)
-                loss = torch.nn.functional.cross_entropy(
-                    logits.float(), target, label_smoothing=self.config.label_smoothing
-                )
+                loss, right, seen = self._step(batch, generator)
             self.optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(self.optimizer)
@@ -339,46 +471,111 @@ class Trainer:
             scaler.step(self.optimizer)
             scaler.update()
             self.scheduler.step()
-            loss_sum += loss.item() * len(target)
-            correct += (logits.argmax(1) == target).sum().item()
-            seen += len(target)
-            rate = seen * self.dist.world_size / (time.perf_counter() - started)
+            totals["loss"] += loss.item() * seen
+            totals["right"] += right
+            totals["seen"] += seen
             bar.set_postfix(
-                loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", clips_s=f"{rate:.0f}"
+                loss=f"{totals['loss'] / max(1, totals['seen']):.3f}",
+                acc=f"{totals['right'] / max(1, totals['seen']):.3f}",
             )
         bar.close()
-        totals = self._all_reduce([loss_sum, correct, seen])
+        loss_sum, right, seen = self._all_reduce([totals["loss"], totals["right"], totals["seen"]])
         seconds = time.perf_counter() - started
         return {
             "epoch": epoch + 1,
-            "train_loss": totals[0] / totals[2],
-            "train_accuracy": totals[1] / totals[2],
+            "train_loss": loss_sum / max(1, seen),
+            "train_accuracy": right / max(1, seen),
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": round(seconds, 3),
-            "clips_per_second": round(totals[2] / seconds, 1),
         }
 
-    def _validate(self, epoch: int) -> dict[str, Any]:
+    def _step(self, batch: Any, generator: Any) -> tuple[Any, int, int]:
+        """(loss, items right, items seen) of one batch. Items: clips for the clip objective;
+        keyword regions found at their peak and background frames right for the stream one."""
         import torch
 
-        from kws_ghost.evaluate import predict
+        from kws_ghost.losses import clip_loss, stream_loss
 
+        smoothing = self.config.label_smoothing
+        augment = self.config.augment
+        if self.config.objective == "clip":
+            audio, target, failed = batch
+            self.unreadable.add(failed.tolist())
+            target = target.masked_fill(failed >= 0, IGNORE)
+            audio, target = audio.to(self.device), target.to(self.device)
+            with torch.no_grad():
+                features = spec_augment(
+                    self.frontend(audio), augment, self.model.feature_mean, generator
+                )
+            logits, _ = self.ddp_model(features)
+            loss, predicted = clip_loss(logits, target, self.model.config.pooling, smoothing)
+            return loss, int((predicted == target).sum()), int((target != IGNORE).sum())
+        audio, targets, regions, failed = batch
+        self.unreadable.add(failed.flatten().tolist())
+        audio, targets, regions = (t.to(self.device) for t in (audio, targets, regions))
+        seconds = max(1, round(self.config.sequence.seconds))
+        masks = dataclasses.replace(augment, time_masks=augment.time_masks * seconds)
+        with torch.no_grad():
+            features = spec_augment(self.frontend(audio), masks, self.model.feature_mean, generator)
+        logits, state = self.ddp_model(features, self._carried_state(len(audio), generator))
+        self.state = state.detach()
+        region_mean = self.config.sequence.keyword_targets == "region"
+        loss, stats = stream_loss(logits, targets, regions, self.background, smoothing, region_mean)
+        right = int(stats["keywords_right"]) + int(stats["background_right"])
+        seen = int(stats["keywords"]) + int(stats["background"])
+        return loss, right, seen
+
+    def _carried_state(self, batch: int, generator: Any) -> Any:
+        """Each row's state from the previous batch, or zeros (at random, and at epoch starts)."""
+        import torch
+
+        state = self.state
+        if state is None:
+            return None
+        if state.shape[1] != batch:
+            return None
+        keep = torch.rand(batch, generator=generator) >= self.config.sequence.state_reset_prob
+        return state * keep.to(state.device, state.dtype)[None, :, None]
+
+    def _validate(self) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+        """Clip accuracy and loss on the validation clips; with validation recordings, the hit
+        rate at the target false-alarm rate and the DET summary a checkpoint carries."""
+        import numpy as np
+
+        from kws_ghost.evaluate import clip_predictions
+        from kws_ghost.runtime import TorchRuntime, log_softmax
+
+        self.model.eval()
+        runtime = TorchRuntime(self.model, self.labels, self.frontend_config)
         sampler = EpochSampler(
-            len(self.val_set),
+            len(self.data.val_clips),
             shuffle=False,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             even=False,
         )
-        loader = self._loader(self.val_set, sampler, 256)
-        self.model.eval()
-        logits, targets = predict(
-            lambda features: self.model(features)[0], self.frontend, loader, self.device
+        scores, targets, failed = clip_predictions(
+            runtime, self._loader(self.data.val_clips, sampler, 256), self.frontend
         )
-        loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
-        correct = (logits.argmax(1) == targets).sum().item()
-        loss, correct, count = self._all_reduce([loss, correct, len(targets)])
-        return {"val_loss": loss / count, "val_accuracy": correct / count}
+        self.unreadable_val.add(failed)
+        # stream models' clip scores are decision margins in [-1, 1]: sharpen them first
+        sharp = scores if self.model.config.pooling != "max" else scores / 0.1
+        loss = -log_softmax(sharp)[np.arange(len(targets)), targets].sum()
+        correct = int((scores.argmax(1) == targets).sum())
+        loss, correct, count = self._all_reduce([float(loss), correct, len(targets)])
+        metrics: dict[str, Any] = {"val_loss": loss / count, "val_accuracy": correct / count}
+        detection = None
+        if self.data.recordings is not None and self.dist.is_main:
+            detection = self.data.recordings.evaluate(runtime, self.config.target_fa_per_hour)
+            metrics.update(
+                {
+                    "val_hit_rate": detection["hit_rate"],
+                    "val_fa_per_hour": detection["false_alarms_per_hour"],
+                    "val_threshold": detection["threshold"],
+                }
+            )
+        self.model.train()
+        return metrics, detection
 
     def _mixed_precision(self) -> tuple[Any, Any]:
         """bf16 autocast on CUDA where supported (fp16 with a gradient scaler otherwise)."""
@@ -411,7 +608,7 @@ class Trainer:
 
     # -- files ------------------------------------------------------------------------------------
 
-    def _config_record(self) -> dict[str, Any]:
+    def config_record(self) -> dict[str, Any]:
         from kws_ghost import __version__
 
         return {
@@ -421,41 +618,25 @@ class Trainer:
             "frontend": to_dict(self.frontend_config),
             "train": to_dict(self.config),
             "world_size": self.dist.world_size,
-            "train_counts": count_labels(self.train_items, self.labels),
-            "validation_counts": count_labels(self.val_items, self.labels),
+            "train_counts": count_labels(self.data.train_items, self.labels),
+            "validation_counts": count_labels(self.data.val_items, self.labels),
         }
 
-    def _write_run_files(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.run_dir / "config.json", self._config_record())
-        # metrics.jsonl mirrors the checkpoint's history: rewrite it (a resumed run drops any
-        # line written after the last checkpoint).
-        from kws_ghost.fileio import atomic_open
-
-        with atomic_open(self.run_dir / "metrics.jsonl") as handle:
-            import json
-
-            for record in self.history:
-                handle.write(json.dumps(record) + "\n")
-        point_latest(self.run_dir)
-
-    def _save(self, epochs_done: int, record: dict[str, Any]) -> None:
+    def _save(self, epochs_done: int, record: dict[str, Any], detection: Any) -> None:
         import torch
 
         from kws_ghost.checkpoint import save_checkpoint
-        from kws_ghost.fileio import append_jsonl
 
-        accuracy = record.get("val_accuracy", -1.0)
-        loss = record.get("val_loss", float("inf"))
-        improved = not self.val_items or is_better(
-            accuracy, loss, self.best_accuracy, self.best_loss
-        )
-        if improved:
-            self.best_accuracy, self.best_loss = accuracy, loss
+        first = not (self.run_dir / "last.pt").exists()
+        if first:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / RUN_MARKER).write_text("kws-ghost train run folder\n")
+            write_json(self.run_dir / "config.json", self.config_record())
         common = {
             "train_config": to_dict(self.config),
             "metrics": record,
             "epoch": epochs_done,
+            "detection": detection,
         }
         train_state = {
             "epoch": epochs_done,
@@ -464,37 +645,40 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "history": self.history,
         }
+        fe, labels = self.frontend_config, self.labels
+        if best_epoch(self.history) is record:
+            save_checkpoint(self.run_dir / "best.pt", self.model, fe, labels, **common)
         save_checkpoint(
-            self.run_dir / "last.pt",
-            self.model,
-            self.frontend_config,
-            self.labels,
-            train_state=train_state,
-            **common,
+            self.run_dir / "last.pt", self.model, fe, labels, train_state=train_state, **common
         )
-        if improved:
-            save_checkpoint(
-                self.run_dir / "best.pt", self.model, self.frontend_config, self.labels, **common
-            )
-        append_jsonl(self.run_dir / "metrics.jsonl", record)
+        # metrics.jsonl mirrors the checkpoint's history, rewritten whole (a few KB): a resumed
+        # run never keeps a line written after the checkpoint it resumed from
+        with atomic_open(self.run_dir / "metrics.jsonl") as handle:
+            for line in self.history:
+                handle.write(json.dumps(line) + "\n")
+        if first:
+            point_latest(self.run_dir)
 
 
-def is_better(accuracy: float, loss: float, best_accuracy: float, best_loss: float) -> bool:
-    """Whether an epoch's validation result beats the best so far: higher accuracy, or the same
-    accuracy at a lower loss. A small validation set often scores several epochs the same, and the
-    first of them (taken alone) generalised worse to held-out speakers than the lower-loss one."""
-    return accuracy > best_accuracy or (accuracy == best_accuracy and loss < best_loss)
+def _check_new_run_dir(run_dir: Path) -> None:
+    """A new run goes into a fresh folder, or an empty one, never over another run or files."""
+    if (run_dir / "last.pt").exists():
+        raise KwsError(
+            f"{run_dir} already holds a run: add --resume to continue it, or choose another --out"
+        )
+    if run_dir.exists() and not run_dir.is_dir():
+        raise KwsError(f"--out {run_dir} is a file, not a folder")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / RUN_MARKER).exists():
+        raise KwsError(f"--out {run_dir} exists and holds other files: choose another folder")
 
 
-def best_so_far(history: list[dict[str, Any]]) -> tuple[float, float]:
-    """Validation accuracy and loss of the best epoch in ``history`` (-1, inf: none validated)."""
-    best = (-1.0, float("inf"))
-    for record in history:
-        if "val_accuracy" in record and is_better(
-            record["val_accuracy"], record["val_loss"], *best
-        ):
-            best = (record["val_accuracy"], record["val_loss"])
-    return best
+def _brief(record: dict[str, Any]) -> str:
+    parts = []
+    if "val_hit_rate" in record:
+        parts.append(f"validation hit rate {record['val_hit_rate']:.3f}")
+    if "val_accuracy" in record:
+        parts.append(f"clip accuracy {record['val_accuracy']:.4f}")
+    return ", ".join(parts) or "no validation"
 
 
 def _summary(record: dict[str, Any], epochs: int) -> str:
@@ -504,7 +688,12 @@ def _summary(record: dict[str, Any], epochs: int) -> str:
     )
     if "val_accuracy" in record:
         text += f" | val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.4f}"
-    return text + f" | {record['seconds']:.1f} s, {record['clips_per_second']:.0f} clips/s"
+    if "val_hit_rate" in record:
+        fa = record["val_fa_per_hour"]
+        text += f" hit {record['val_hit_rate']:.3f}" + (
+            f" @ {fa:.1f} FA/h" if fa is not None else ""
+        )
+    return text + f" | {record['seconds']:.1f} s"
 
 
 def _worker_init(worker_id: int) -> None:
@@ -513,5 +702,5 @@ def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)  # data workers decode audio; leave the cores to the model
 
 
-def train_config_from_dict(values: dict[str, Any]) -> TrainConfig:
-    return from_dict(TrainConfig, values, "train config")
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)

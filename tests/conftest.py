@@ -36,8 +36,8 @@ def synth_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(synth_corpus, tmp_path_factory) -> dict:
-    """A small GhostGRU trained on the synthetic corpus (the 'trains in under 2 minutes' run)."""
-    from kws_ghost.config import AugmentConfig, FrontendConfig, ModelConfig, TrainConfig
+    """A small GhostGRU trained with the default streaming recipe on the synthetic corpus."""
+    from kws_ghost.config import FrontendConfig, ModelConfig, TrainConfig
     from kws_ghost.train import Trainer
 
     run_dir = tmp_path_factory.mktemp("runs") / "ghost"
@@ -45,16 +45,11 @@ def trained_run(synth_corpus, tmp_path_factory) -> dict:
         data=str(synth_corpus),
         task="custom",
         keywords=KEYWORDS,
-        epochs=30,
-        batch_size=16,
-        lr=3e-3,
         seed=0,
         workers=0,
-        # Fragment negatives: without them, onsets and tails of other words fire "up" on the test
-        # recording (22 false alarms in 40 s against 1-2 with them).
-        augment=AugmentConfig(fragment_prob=0.05),
+        val_recording_minutes=5,
     )
-    model = ModelConfig(arch="ghost-gru", hidden=128, layers=1, ratio=2, dropout=0.1)
+    model = ModelConfig(arch="ghost-gru", hidden=128, layers=1, ratio=2)
     started = time.perf_counter()
     history = Trainer(config, model, FrontendConfig(), run_dir=run_dir, progress=False).run()
     return {

@@ -105,17 +105,18 @@ def test_dataset_pads_and_augments_deterministically(tiny_corpus):
     items = build_items(corpus, labels, "training")
     short = next(i for i, item in enumerate(items) if item.path and item.path.endswith("_1.wav"))
     plain = ClipDataset(corpus, items)
-    audio, label = plain[short]
+    audio, label, failed = plain[short]
+    assert failed == -1
     assert audio.shape == (16000,) and audio.dtype == np.float32
     assert np.all(audio[12000:] == 0)  # zero-padded to 1 s
     augmented = ClipDataset(corpus, items, augment=AugmentConfig(), seed=1)
-    a1, _ = augmented[(1, short)]
-    a2, _ = augmented[(1, short)]
-    a3, _ = augmented[(2, short)]
+    a1, _, _ = augmented[(1, short)]
+    a2, _, _ = augmented[(1, short)]
+    a3, _, _ = augmented[(2, short)]
     assert np.array_equal(a1, a2) and not np.array_equal(a1, a3)
     assert not np.array_equal(a1, audio)
     silence = next(i for i, item in enumerate(items) if item.path is None)
-    s1, s_label = plain[silence]
+    s1, s_label, _ = plain[silence]
     assert labels[s_label] == SILENCE and np.abs(s1).max() > 0
     assert np.array_equal(s1, plain[(5, silence)][0])  # evaluation silence is fixed per item
 
@@ -191,7 +192,7 @@ def test_word_fragments_become_unknown_examples(tiny_corpus):
     )
     dataset = ClipDataset(corpus, items, augment=config, fragment_label=unknown)
     keyword = next(i for i, item in enumerate(items) if labels[item.label] == "yes")
-    audio, label = dataset[(0, keyword)]
+    audio, label, _ = dataset[(0, keyword)]
     assert label == unknown
     # a fragment sits at one edge of the window and holds at most half of the word
     lo, hi = speech_span(dataset.load_clip(items[keyword].path), 16000)
@@ -204,3 +205,55 @@ def test_word_fragments_become_unknown_examples(tiny_corpus):
     assert ClipDataset(corpus, items, fragment_label=unknown)[keyword][1] == items[keyword].label
     rng = np.random.default_rng(0)
     assert word_fragment(np.zeros(16000, np.float32), rng, 16000).shape == (16000,)
+
+
+def test_training_sequences_and_their_frame_targets(tiny_corpus):
+    from kws_ghost.config import FrontendConfig, SequenceConfig
+    from kws_ghost.sequences import IGNORE, SequenceDataset, frames_ending_in
+
+    corpus = scan_corpus(tiny_corpus)
+    labels = resolve_labels(corpus, "gsc12")  # _silence_, _unknown_ (maybe), yes, no
+    items = build_items(corpus, labels, "training")
+    fe = FrontendConfig()
+    config = SequenceConfig(seconds=4.0, words=2, distractors=1, trim_prob=0.5)
+    others = corpus.clips("maybe", "training")
+    dataset = SequenceDataset(ClipDataset(corpus, items), labels, config, fe, 3, others)
+    assert len(dataset) == (len(items) + 1) // 2
+    members = [m for i in range(len(dataset)) for m in dataset.members(0, i)]
+    assert sorted(set(members)) == list(range(len(items)))  # every item once per epoch
+    assert dataset.members(1, 0) != dataset.members(0, 0) or dataset.members(1, 1) != (
+        dataset.members(0, 1)
+    )
+    keywords = {labels.index("yes"), labels.index("no")}
+    seen_regions = 0
+    for i in range(len(dataset)):
+        audio, targets, regions, failed = dataset[(0, i)]
+        again = dataset[(0, i)]
+        assert np.array_equal(audio, again[0]) and np.array_equal(targets, again[1])
+        assert audio.shape == (64000,) and targets.shape == (fe.num_frames(64000),)
+        assert regions.shape == (3, 3) and (failed == -1).all()
+        assert set(np.unique(targets)) <= {IGNORE, 0, 1, *keywords}
+        for first, last, label in regions:
+            if label < 0:
+                continue
+            seen_regions += 1
+            assert label in keywords and 0 <= first <= last < len(targets)
+            assert (targets[first : last + 1] == IGNORE).all()  # the region is the max-pool's
+            # the region holds the word's loud frames: its energy is far above the frames before
+            frames = frames_ending_in(
+                fe, first * fe.hop_length, (last + 1) * fe.hop_length, len(targets)
+            )
+            assert len(frames) > 10
+        assert (targets == labels.index("_unknown_")).any()  # the distractor
+    assert seen_regions >= len([it for it in items if it.label in keywords]) * 0.9
+
+
+def test_frames_ending_in_counts_a_frames_last_sample():
+    from kws_ghost.config import FrontendConfig
+    from kws_ghost.sequences import frames_ending_in
+
+    fe = FrontendConfig()  # frame i covers samples [160 i, 160 i + 512)
+    assert frames_ending_in(fe, 0, 511, 100) == range(0, 1)
+    assert frames_ending_in(fe, 0, 510, 100) == range(0, 0)
+    assert frames_ending_in(fe, 512, 671, 100) == range(1, 2)
+    assert frames_ending_in(fe, 0, 10**6, 97) == range(0, 97)

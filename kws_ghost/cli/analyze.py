@@ -39,7 +39,7 @@ def analyze(
     """Singular-value spectrum of each layer's states: components for 90/95/99% of the energy,
     mean |cosine| between units, and the ghost ratio s = H / k99 the spectrum suggests."""
     from kws_ghost.analyze import analyze_checkpoint, format_report, plot_report, public_report
-    from kws_ghost.checkpoint import load_checkpoint
+    from kws_ghost.checkpoint import load_checkpoint, stored_data_path
     from kws_ghost.errors import KwsError
     from kws_ghost.fileio import check_png_output, refuse_overwriting_inputs
 
@@ -47,9 +47,12 @@ def analyze(
         check_png_output(plot, "--plot")
         refuse_overwriting_inputs([plot], [checkpoint])
     if data is None:
-        data = load_checkpoint(checkpoint).extra.get("train_config", {}).get("data")
-        if not data:
-            raise KwsError("--data is required: the checkpoint does not record its corpus")
+        found = stored_data_path(load_checkpoint(checkpoint))
+        if found is None:
+            raise KwsError(
+                f"--data is required: {checkpoint} does not record a corpus that exists here"
+            )
+        data = str(found)
     report = analyze_checkpoint(checkpoint, data, split, max_clips)
     if plot:
         plot_report(report, plot)

@@ -1,4 +1,4 @@
-"""``kws-ghost eval``: score a checkpoint on a corpus split."""
+"""``kws-ghost eval``: clip accuracy of a model (``.pt`` or ``.onnx``) on a corpus split."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from typing import Optional
 
 import click
 
-from kws_ghost.cli.options import json_option
+from kws_ghost.cli.options import json_option, threads_option
 
 
 @click.command()
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @click.option(
     "--data", type=click.Path(), help="Corpus folder (default: the one the model was trained on)."
 )
@@ -22,33 +22,48 @@ from kws_ghost.cli.options import json_option
 )
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
-@click.option(
     "--plot", type=click.Path(dir_okay=False), help="Save the confusion matrix as a PNG here."
 )
+@threads_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @json_option
 def evaluate(
-    checkpoint: str,
+    model_path: str,
     data: Optional[str],
     split: str,
     batch_size: int,
-    device: str,
     plot: Optional[str],
+    threads: Optional[int],
     quiet: bool,
     as_json: bool,
 ) -> None:
-    """Accuracy, per-class precision/recall/F1 and confusion matrix of CHECKPOINT."""
-    from kws_ghost.checkpoint import load_checkpoint
-    from kws_ghost.errors import KwsError
-    from kws_ghost.evaluate import evaluate_checkpoint, format_report, plot_confusion
+    """Accuracy, per-class precision/recall/F1 and confusion matrix of MODEL on clips.
 
+    MODEL is a checkpoint or an exported .onnx model (run by onnxruntime, without torch).
+    """
+    from kws_ghost.errors import KwsError
+    from kws_ghost.evaluate import evaluate_model, format_report, plot_confusion
+    from kws_ghost.fileio import check_png_output
+    from kws_ghost.progress import progress_enabled
+    from kws_ghost.threads import configure_threads
+
+    if plot:
+        check_png_output(plot)
+    configure_threads(threads, "batch")
     if data is None:
-        data = load_checkpoint(checkpoint).extra.get("train_config", {}).get("data")
-        if not data:
-            raise KwsError("--data is required: the checkpoint does not record its corpus")
-    report = evaluate_checkpoint(checkpoint, data, split, batch_size, device, progress=not quiet)
+        data = _recorded_corpus(model_path)
+        if data is None:
+            raise KwsError(
+                f"--data is required: {model_path} does not record a corpus that exists here "
+                "(give the Speech Commands-layout folder to score it on)"
+            )
+    report = evaluate_model(
+        model_path,
+        data,
+        split,
+        batch_size,
+        progress=progress_enabled(False if quiet else None, as_json),
+    )
     if plot:
         plot_confusion(report, plot)
         report["plot"] = plot
@@ -60,3 +75,18 @@ def evaluate(
         click.echo(format_report(report))
         if plot:
             click.echo(f"confusion matrix: {plot}")
+
+
+def _recorded_corpus(model_path: str) -> Optional[str]:
+    """The corpus the model was trained on, where it still exists (None: unknown or gone)."""
+    from pathlib import Path
+
+    if model_path.endswith(".onnx"):
+        from kws_ghost.runtime import load_model
+
+        stored = load_model(model_path).train_config.get("data")
+        return stored if stored and Path(stored).is_dir() else None
+    from kws_ghost.checkpoint import load_checkpoint, stored_data_path
+
+    found = stored_data_path(load_checkpoint(model_path))
+    return str(found) if found is not None else None

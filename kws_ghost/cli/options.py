@@ -1,153 +1,115 @@
-"""Click options shared by several commands, defined once."""
+"""Click options made from the configuration dataclasses, so a flag, its default and its help
+live in one place (``kws_ghost.config``) and a new config field is a new flag.
+
+``config_options(ModelConfig)`` adds one option per field that has help text (see
+``config.setting``); every option's default is None, so ``config_from(ModelConfig, kwargs)`` can
+tell what was given on the command line (``given``), which ``train --resume`` refuses to change.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import Any, Callable
 
 import click
 
-from kws_ghost.config import (
-    ACTIVATIONS,
-    ARCHITECTURES,
-    CHEAP_OPERATIONS,
-    POOLINGS,
-    DetectorConfig,
-    ModelConfig,
-)
-
-_DEFAULT = ModelConfig()
-_DETECTOR = DetectorConfig()
-
-
-def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--model/--hidden/--layers/--ratio/--cheap-op/... as one decorator."""
-    options = [
-        click.option(
-            "--model",
-            "arch",
-            type=click.Choice(ARCHITECTURES),
-            default=_DEFAULT.arch,
-            show_default=True,
-            help="Recurrent architecture.",
-        ),
-        click.option(
-            "--hidden",
-            type=click.IntRange(1),
-            default=_DEFAULT.hidden,
-            show_default=True,
-            help="Width H of each recurrent layer.",
-        ),
-        click.option(
-            "--layers",
-            type=click.IntRange(1),
-            default=_DEFAULT.layers,
-            show_default=True,
-            help="Recurrent layers.",
-        ),
-        click.option(
-            "--ratio",
-            type=click.FloatRange(1.0),
-            default=_DEFAULT.ratio,
-            show_default=True,
-            help="Ghost ratio s: intrinsic size m = ceil(H / s).",
-        ),
-        click.option(
-            "--cheap-op",
-            type=click.Choice(CHEAP_OPERATIONS),
-            default=_DEFAULT.cheap_op,
-            show_default=True,
-            help="Cheap operation that makes the ghost states.",
-        ),
-        click.option(
-            "--cheap-activation",
-            type=click.Choice(ACTIVATIONS),
-            default=_DEFAULT.cheap_activation,
-            show_default=True,
-            help="Activation after the cheap operation ('none' allows folding).",
-        ),
-        click.option(
-            "--pooling",
-            type=click.Choice(POOLINGS),
-            default=_DEFAULT.pooling,
-            show_default=True,
-            help="How the clip's frames are pooled before the head.",
-        ),
-        click.option(
-            "--dropout",
-            type=click.FloatRange(0.0, 0.95),
-            default=_DEFAULT.dropout,
-            show_default=True,
-            help="Dropout between layers and before the head.",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def model_config_from(options: dict[str, Any], **overrides: Any) -> ModelConfig:
-    """Pop the model options out of a command's keyword arguments into a ModelConfig."""
-    names = (
-        "arch",
-        "hidden",
-        "layers",
-        "ratio",
-        "cheap_op",
-        "cheap_activation",
-        "pooling",
-        "dropout",
-    )
-    values = {name: options.pop(name) for name in names if name in options}
-    values.update(overrides)
-    config = ModelConfig(**values)
-    config.validate()
-    return config
-
+from kws_ghost.config import DetectorConfig
 
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object instead of text."
 )
+threads_option = click.option(
+    "--threads",
+    type=click.IntRange(0),
+    default=None,
+    help="Intra-op threads (0 or default: this command's own choice, see README).",
+)
+
+
+def _fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(cls) if f.metadata.get("help")]
+
+
+def option_name(field: dataclasses.Field) -> str:
+    return field.metadata.get("option") or "--" + field.name.replace("_", "-")
+
+
+def _default_of(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    return field.default_factory()  # type: ignore[misc]
+
+
+def _base(kind: Any) -> Any:
+    """``Optional[X]`` -> X."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return args[0] if typing.get_origin(kind) is typing.Union and args else kind
+
+
+def _is_list(kind: Any) -> bool:
+    return typing.get_origin(_base(kind)) is list
+
+
+def _click_type(kind: Any, field: dataclasses.Field) -> Any:
+    if field.metadata.get("choices"):
+        return click.Choice(field.metadata["choices"])
+    if _is_list(kind):
+        return str  # comma-separated
+    return {int: int, float: float, str: str, bool: bool}.get(_base(kind), str)
+
+
+def config_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable[..., Any]:
+    """A decorator adding an option for each documented field of dataclass ``cls``."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for field, kind in reversed(_fields(cls)):
+            if field.name in exclude:
+                continue
+            default = _default_of(field)
+            shown = ",".join(default) if isinstance(default, list) else default
+            suffix = f" [default: {shown}]" if shown not in (None, "", []) else ""
+            func = click.option(
+                option_name(field),
+                f"{cls.__name__}__{field.name}",
+                type=_click_type(kind, field),
+                default=None,
+                help=field.metadata["help"] + suffix,
+            )(func)
+        return func
+
+    return decorate
+
+
+def config_from(cls: type, options: dict[str, Any], **overrides: Any) -> Any:
+    """Pop ``cls``'s options out of a command's keyword arguments into an instance of it (given
+    values over the defaults, then ``overrides``), validated."""
+    values: dict[str, Any] = {}
+    for field, kind in _fields(cls):
+        value = options.pop(f"{cls.__name__}__{field.name}", None)
+        if value is None:
+            continue
+        if _is_list(kind):
+            value = [v.strip() for v in str(value).split(",") if v.strip()]
+        values[field.name] = value
+    values.update(overrides)
+    config = cls(**values)
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        validate()
+    return config
+
+
+def given(cls: type, options: dict[str, Any]) -> list[str]:
+    """The option names of ``cls``'s fields given on the command line (still in ``options``)."""
+    return [
+        option_name(field)
+        for field, _ in _fields(cls)
+        if options.get(f"{cls.__name__}__{field.name}") is not None
+    ]
 
 
 def detector_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The streaming decision settings (see kws_ghost.stream.DetectorConfig)."""
-    options = [
-        click.option(
-            "--threshold",
-            type=click.FloatRange(0, 1, min_open=True),
-            default=_DETECTOR.threshold,
-            show_default=True,
-            help="Smoothed posterior needed to fire.",
-        ),
-        click.option(
-            "--hop-ms",
-            type=click.FloatRange(1),
-            default=_DETECTOR.hop_ms,
-            show_default=True,
-            help="Scoring hop: the 1 s window is scored this often.",
-        ),
-        click.option(
-            "--smoothing",
-            type=click.IntRange(1),
-            default=_DETECTOR.smoothing,
-            show_default=True,
-            help="Hops averaged before the threshold.",
-        ),
-        click.option(
-            "--patience",
-            type=click.IntRange(1),
-            default=_DETECTOR.patience,
-            show_default=True,
-            help="Consecutive hops above the threshold an event needs.",
-        ),
-        click.option(
-            "--refractory",
-            type=click.FloatRange(0),
-            default=_DETECTOR.refractory,
-            show_default=True,
-            help="Seconds after an event before another can fire.",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    """The streaming decision settings (see kws_ghost.config.DetectorConfig)."""
+    return config_options(DetectorConfig)(func)

@@ -7,95 +7,52 @@ from typing import Any, Optional
 
 import click
 
-from kws_ghost.cli.options import json_option, model_config_from, model_options
-from kws_ghost.config import FEATURE_KINDS, TASKS, TrainConfig
+from kws_ghost.cli.options import config_from, config_options, given, json_option, threads_option
+from kws_ghost.config import (
+    FEATURE_KINDS,
+    AugmentConfig,
+    ModelConfig,
+    SequenceConfig,
+    TrainConfig,
+)
 
-_DEFAULT = TrainConfig()
+# What a resumed run may change: where the corpus is, how long to train, and how to run.
+RESUMABLE = ("--data", "--epochs", "--device", "--workers")
 
 
 @click.command()
-@click.option("--data", type=click.Path(), help="Corpus folder (Speech Commands layout).")
-@click.option(
-    "--task",
-    type=click.Choice(TASKS),
-    help="gsc12 (default), gsc35 (every word) or custom (with --keywords).",
-)
-@click.option("--keywords", help="Comma-separated keywords; other words become _unknown_.")
-@model_options
+@config_options(TrainConfig)
+@config_options(ModelConfig)
 @click.option(
     "--features",
     "feature_kind",
     type=click.Choice(FEATURE_KINDS),
-    default="mfcc",
-    show_default=True,
-    help="Front-end features.",
+    default=None,
+    help="Front-end features [default: mfcc].",
 )
-@click.option("--epochs", type=click.IntRange(1), default=_DEFAULT.epochs, show_default=True)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1),
-    default=_DEFAULT.batch_size,
-    show_default=True,
-    help="Global batch size (split across processes under torchrun).",
-)
-@click.option(
-    "--lr",
-    type=click.FloatRange(0, min_open=True),
-    default=_DEFAULT.lr,
-    show_default=True,
-    help="Peak learning rate (AdamW, warm-up then cosine decay).",
-)
-@click.option("--seed", type=int, default=_DEFAULT.seed, show_default=True)
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
-@click.option(
-    "--workers",
-    type=int,
-    default=-1,
-    show_default=True,
-    help="Data-loading processes (-1: one per spare core, at most 4).",
-)
-@click.option("--no-augment", is_flag=True, help="Turn off shift, noise and SpecAugment.")
-@click.option(
-    "--fragment-negatives",
-    "fragment_prob",
-    type=click.FloatRange(0, 1),
-    default=_DEFAULT.augment.fragment_prob,
-    show_default=True,
-    help="Probability that a word clip is cut to a fragment and taught as _unknown_; "
-    "0.05 cuts stream false alarms on short synthetic words (README).",
-)
+@config_options(AugmentConfig)
+@config_options(SequenceConfig)
+@click.option("--no-augment", is_flag=True, help="Turn off every augmentation.")
 @click.option(
     "--out",
     "run_dir",
     type=click.Path(file_okay=False),
-    help="Run folder (default runs/DATE-TIME-MODEL; runs/latest points at it).",
+    help="Run folder (default runs/DATE-TIME-MODEL; runs/latest points at runs there).",
 )
 @click.option(
     "--resume",
     is_flag=True,
-    help="Continue the run in --out (default runs/latest) from its last epoch.",
+    help="Continue the run in --out (default runs/latest) from its last finished epoch.",
 )
+@threads_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @json_option
-@click.pass_context
 def train(
-    ctx: click.Context,
-    data: Optional[str],
-    task: Optional[str],
-    keywords: Optional[str],
-    feature_kind: str,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    device: str,
-    workers: int,
+    feature_kind: Optional[str],
     no_augment: bool,
-    fragment_prob: float,
     run_dir: Optional[str],
     resume: bool,
+    threads: Optional[int],
     quiet: bool,
     as_json: bool,
     **options: Any,
@@ -109,59 +66,63 @@ def train(
       kws-ghost train --resume --out runs/20261128-101500-ghost-gru
       torchrun --nproc_per_node 2 -m kws_ghost train --data DIR
     """
-    from kws_ghost.config import AugmentConfig, FrontendConfig
+    from kws_ghost.config import FrontendConfig
     from kws_ghost.errors import KwsError
-    from kws_ghost.train import Trainer, train_config_from_dict
+    from kws_ghost.progress import progress_enabled
+    from kws_ghost.threads import configure_threads
+    from kws_ghost.train import Trainer
 
-    model_config = model_config_from(options)
-    keyword_list = [k.strip() for k in keywords.split(",") if k.strip()] if keywords else []
+    configure_threads(threads, "batch")
+    progress = progress_enabled(False if quiet else None, as_json)
     if resume:
-        folder = Path(run_dir) if run_dir else Path("runs") / "latest"
-        if not (folder / "last.pt").exists():
-            raise KwsError(f"{folder}: nothing to resume (no last.pt)")
-        folder = folder.resolve()
-        from kws_ghost.checkpoint import load_checkpoint
-
-        stored = load_checkpoint(folder / "last.pt").extra.get("train_config")
-        if not isinstance(stored, dict):
-            raise KwsError(f"{folder / 'last.pt'}: no training config to resume with")
-        train_config = train_config_from_dict(stored)
-        if ctx.get_parameter_source("epochs") == click.core.ParameterSource.COMMANDLINE:
-            train_config.epochs = epochs
-        if data:
-            train_config.data = data
-        run_path: Optional[Path] = folder
-    else:
-        if not data:
-            raise KwsError("--data is required (a Speech Commands-layout folder)")
-        train_config = TrainConfig(
-            data=data,
-            task=task or ("custom" if keyword_list else "gsc12"),
-            keywords=keyword_list,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            device=device,
-            workers=workers,
-            augment=AugmentConfig(0, 0, 0, 0, 0, 0, 0, 0)
-            if no_augment
-            else AugmentConfig(fragment_prob=fragment_prob),
+        recipe = [
+            name
+            for cls in (TrainConfig, ModelConfig, AugmentConfig, SequenceConfig)
+            for name in given(cls, options)
+            if name not in RESUMABLE
+        ]
+        recipe += ["--features"] * (feature_kind is not None) + ["--no-augment"] * no_augment
+        if recipe:
+            raise KwsError(
+                f"--resume continues a run with its own recipe: {', '.join(recipe)} cannot "
+                f"change (only {', '.join(RESUMABLE)} can); start a new run instead"
+            )
+        run_time = {
+            name: options[f"TrainConfig__{name}"]
+            for name in ("device", "workers")
+            if options.get(f"TrainConfig__{name}") is not None
+        }
+        trainer = Trainer.resume(
+            Path(run_dir) if run_dir else Path("runs") / "latest",
+            epochs=options.get("TrainConfig__epochs"),
+            data=options.get("TrainConfig__data"),
+            progress=progress,
+            **run_time,
         )
-        run_path = Path(run_dir) if run_dir else None
-    trainer = Trainer(
-        train_config,
-        model_config,
-        FrontendConfig(kind=feature_kind),
-        run_dir=run_path,
-        resume=resume,
-        progress=not quiet,
-    )
+    else:
+        model = config_from(ModelConfig, options)
+        augment = config_from(AugmentConfig, options)
+        if no_augment:
+            augment = AugmentConfig(0, 0, 0, 0, 0, 0, 0, 0)
+        sequence = config_from(SequenceConfig, options)
+        config = config_from(TrainConfig, options, augment=augment, sequence=sequence)
+        if not config.data:
+            raise KwsError("--data is required (a Speech Commands-layout folder)")
+        if config.keywords and "--task" not in given(TrainConfig, options):
+            config.task = "custom"
+        trainer = Trainer(
+            config,
+            model,
+            FrontendConfig(kind=feature_kind or "mfcc"),
+            run_dir=Path(run_dir) if run_dir else None,
+            progress=progress,
+        )
     history = trainer.run()
     if as_json and trainer.dist.is_main:
         from kws_ghost.cli import echo_json
+        from kws_ghost.train import best_epoch
 
-        best = max(history, key=lambda r: r.get("val_accuracy", -1.0)) if history else {}
+        best = best_epoch(history) or {}
         echo_json(
             {
                 "run_dir": str(trainer.run_dir),
@@ -170,6 +131,7 @@ def train(
                 "epochs": len(history),
                 "best_epoch": best.get("epoch"),
                 "best_val_accuracy": best.get("val_accuracy"),
+                "best_val_hit_rate": best.get("val_hit_rate"),
                 "history": history,
             }
         )
