@@ -44,3 +44,58 @@ def test_missing_checkpoint_is_one_line_error(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0
     assert "no such checkpoint" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_no_import_cycles_in_the_package():
+    """Every module imports on its own, and no two modules import each other at module level."""
+    import ast
+    from pathlib import Path
+
+    import kws_ghost
+
+    root = Path(kws_ghost.__file__).parent
+    graph = {}
+    for path in root.rglob("*.py"):
+        module = "kws_ghost." + ".".join(path.relative_to(root).with_suffix("").parts)
+        module = module.removesuffix(".__init__")
+        tree = ast.parse(path.read_text())
+        imports = set()
+        for node in tree.body:  # module level only: imports inside functions are lazy on purpose
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kws_"):
+                imports.add(node.module)
+            elif isinstance(node, ast.Import):
+                imports |= {a.name for a in node.names if a.name.startswith("kws_ghost")}
+        graph[module] = imports
+
+    def reaches(start, target, seen):
+        for nxt in graph.get(start, ()):
+            if nxt == target or (nxt not in seen and reaches(nxt, target, seen | {nxt})):
+                return True
+        return False
+
+    cycles = [m for m in graph if reaches(m, m, {m})]
+    assert not cycles, cycles
+    for module in graph:
+        subprocess.run([sys.executable, "-c", f"import {module}"], check=True)
+
+
+def test_every_function_level_import_is_acyclic_too():
+    """train and evaluate used to import each other; the module graph including lazy imports
+    has no cycle through train, evaluate, runtime or export."""
+    import ast
+    from pathlib import Path
+
+    import kws_ghost
+
+    root = Path(kws_ghost.__file__).parent
+    graph = {}
+    for path in root.glob("*.py"):
+        module = "kws_ghost." + path.stem
+        graph[module] = {
+            node.module
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kws_ghost.")
+        } - {module}
+    for first in ("kws_ghost.train", "kws_ghost.evaluate", "kws_ghost.runtime", "kws_ghost.export"):
+        for second in graph.get(first, ()):
+            assert first not in graph.get(second, set()), (first, second)

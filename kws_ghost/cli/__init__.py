@@ -50,7 +50,25 @@ _NO_ARGS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def _one_line(text: Any) -> str:
-    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    lines = [part.strip() for part in str(text).splitlines() if part.strip()]
+    if any(line.startswith("Original Traceback") for line in lines):
+        # an error re-raised from a worker process (DataLoader): its own last line is the error
+        last = lines[-1]
+        return last.split(": ", 1)[1] if last.startswith("kws_ghost.errors.KwsError: ") else last
+    return " ".join(lines)
+
+
+# package -> the extra that installs it (setup.cfg)
+EXTRAS = {
+    "torch": "train",
+    "sklearn": "train",
+    "onnx": "export",
+    "onnxscript": "export",
+    "onnxruntime": "export",
+    "matplotlib": "plot",
+    "espeakng_loader": "synth",
+    "librosa": "dev",
+}
 
 
 def _usage_error(ctx: click.Context, exc: click.UsageError) -> None:
@@ -97,6 +115,7 @@ class KwsGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             ctx.exit(130)
+
         except BrokenPipeError:
             # The reader went away (e.g. `| head`): stop quietly.
             sys.stderr.close()
@@ -104,6 +123,14 @@ class KwsGroup(click.Group):
         except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
             if os.environ.get("KWS_GHOST_DEBUG"):
                 raise
+            package = (getattr(exc, "name", None) or "").split(".")[0]
+            if isinstance(exc, ModuleNotFoundError) and package in EXTRAS:
+                click.echo(
+                    f"error: this needs the {package} package, which is not installed: "
+                    f"pip install 'kws-ghost[{EXTRAS[package]}]'",
+                    err=True,
+                )
+                ctx.exit(1)
             click.echo(
                 f"error: {type(exc).__name__}: {_one_line(exc)} "
                 "(set KWS_GHOST_DEBUG=1 for a traceback)",

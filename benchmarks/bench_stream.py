@@ -1,0 +1,262 @@
+"""Streaming detection on real speech: quality (DET), state health over an hour, and speed.
+
+    python benchmarks/bench_stream.py --stream-models A.pt [B.pt ...] --window-models C.pt [...]
+        [--data data/real-dev] [--work data/bench-stream] [--out benchmarks/results/stream.json]
+
+Recordings are built once from the development subset's *test* speakers only (``--work`` holds
+them; nothing there is committed):
+
+* ``keywords.wav``: every test keyword clip once, among other words (the hit rate);
+* ``negatives.wav``: 40 minutes of other words and noise, no keyword (false alarms per hour);
+* ``hour.wav``: 60 minutes of keywords and other words (state health: the first and the last 10
+  minutes are scored alike).
+
+``--stream-models``: checkpoints of the default (streaming) recipe, run as ``detect`` runs them
+(the segment scorer; the hour by the strict frame-by-frame stream, one initial state).
+``--window-models``: checkpoints of the earlier clip recipe, with the earlier window detector
+(every 100 ms the trailing 1 s rescored from a zero state). Reported per model and as means over
+the seeds: hit rate at 10 false alarms per hour, false alarms per hour at hit rate 0.7, and the
+false-alarm rates of both at equal hit rates. Speed: detection alone over 30 minutes (segment
+scorer, and the window scorer in the same run), the whole ``detect`` command on 1 and 30
+minutes, and its peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from kws_ghost.audio import iter_audio_blocks
+from kws_ghost.config import DetectorConfig
+from kws_ghost.data import scan_corpus
+from kws_ghost.runtime import load_model
+from kws_ghost.stream import KeywordDetector
+from kws_ghost.stream_eval import (
+    DET_THRESHOLDS,
+    Scored,
+    build_recording,
+    det_curve,
+    load_truth,
+    match_events,
+    operating_point,
+    rate_at_hit_rate,
+    score_audio,
+    truth_path,
+)
+
+HIT_RATES = (0.5, 0.6, 0.7, 0.8)
+
+
+def recordings(data: Path, work: Path, keywords: list[str]) -> dict[str, Path]:
+    """Build (once) the test-speaker recordings the benchmark scores."""
+    work.mkdir(parents=True, exist_ok=True)
+    plans = {
+        "keywords": {"every_keyword": True, "distractor_ratio": 0.5, "seed": 11},
+        "negatives": {"duration": 40 * 60, "distractor_ratio": 1.0, "seed": 12},
+        "hour": {"duration": 60 * 60, "distractor_ratio": 0.5, "seed": 13},
+        "half-hour": {"duration": 30 * 60, "distractor_ratio": 0.5, "seed": 14},
+        "minute": {"duration": 60, "distractor_ratio": 0.5, "seed": 15},
+    }
+    paths = {}
+    for name, plan in plans.items():
+        wav = work / f"{name}.wav"
+        if not truth_path(wav).exists():
+            build_recording(data, wav, keywords, split="testing", **plan)
+        paths[name] = wav
+    return paths
+
+
+def quality(model: Path, paths: dict[str, Path], scorer: str) -> dict:
+    """DET of one model on the keyword and negatives recordings."""
+    runtime = load_model(model)
+    keywords = Scored(
+        *score_audio(runtime, paths["keywords"], scorer), load_truth(truth_path(paths["keywords"]))
+    )
+    negatives = Scored(
+        *score_audio(runtime, paths["negatives"], scorer),
+        load_truth(truth_path(paths["negatives"])),
+    )
+    det = det_curve(keywords, negatives, runtime.labels, runtime.frontend_config)
+    point = operating_point(det, 10.0)
+    return {
+        "model": str(model),
+        "scorer": scorer,
+        "keywords": len(keywords.truth["events"]),
+        "negative_minutes": round(negatives.hours * 60, 1),
+        "hit_rate_at_10_fa_per_hour": point["hit_rate"] if point else 0.0,
+        "threshold_at_10_fa_per_hour": point["threshold"] if point else None,
+        "fa_per_hour_at_hit_rate": {str(h): rate_at_hit_rate(det, h) for h in HIT_RATES},
+        "det": det,
+    }
+
+
+def health(model: Path, hour: Path) -> dict:
+    """Hits and false alarms in the first and last 10 minutes of an hour streamed from one
+    initial state, frame by frame (the strict stream: a drifting state would show here)."""
+    runtime = load_model(model)
+    truth = load_truth(truth_path(hour))
+    detector = KeywordDetector(runtime, DetectorConfig(), "stream")
+    started = time.perf_counter()
+    events = []
+    for block in iter_audio_blocks(hour, runtime.frontend_config.sample_rate):
+        events += detector.push(block)
+    events += detector.flush()
+    seconds = time.perf_counter() - started
+    report = {"threshold": detector.config.threshold, "seconds": round(seconds, 1)}
+    for name, (lo, hi) in {"first_10_min": (0, 600), "last_10_min": (3000, 3600)}.items():
+        words = [w for w in truth["events"] if lo <= w["start"] < hi]
+        inside = [e for e in events if lo <= e.start < hi]
+        hits, false_alarms, _ = match_events(inside, words)
+        report[name] = {
+            "keywords": len(words),
+            "hits": hits,
+            "hit_rate": hits / len(words) if words else None,
+            "false_alarms": false_alarms,
+        }
+    first, last = report["first_10_min"], report["last_10_min"]
+    # within noise: two binomial proportions' difference within 2 standard errors
+    p = (first["hits"] + last["hits"]) / max(1, first["keywords"] + last["keywords"])
+    se = (p * (1 - p) * (1 / max(1, first["keywords"]) + 1 / max(1, last["keywords"]))) ** 0.5
+    report["hit_rate_difference"] = (last["hit_rate"] or 0) - (first["hit_rate"] or 0)
+    report["hit_rate_two_standard_errors"] = 2 * se
+    # false alarms: Poisson counts; within noise when |a - b| <= 2 sqrt(a + b)
+    count = first["false_alarms"] + last["false_alarms"]
+    report["false_alarms_within_noise"] = abs(
+        first["false_alarms"] - last["false_alarms"]
+    ) <= 2 * max(1.0, count**0.5)
+    report["hit_rate_within_noise"] = abs(report["hit_rate_difference"]) <= 2 * se
+    return report
+
+
+def detection_seconds(model: Path, wav: Path, scorer: str) -> float:
+    """Seconds of the detector alone (blocks read from disk, front-end, model, decoder)."""
+    runtime = load_model(model)
+    detector = KeywordDetector(runtime, DetectorConfig(), scorer)
+    started = time.perf_counter()
+    for block in iter_audio_blocks(wav, runtime.frontend_config.sample_rate):
+        detector.push(block)
+    detector.flush()
+    return time.perf_counter() - started
+
+
+def run_command(wav: Path, model: Path, *options: str) -> dict:
+    """One ``kws-ghost detect`` process: wall seconds and peak resident memory (VmHWM, polled)."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        command = [sys.executable, "-m", "kws_ghost", "detect", str(wav), "--model", str(model)]
+        process = subprocess.Popen([*command, "--format", "json", *options], stdout=out, stderr=err)
+        peak_kb = 0
+        status = Path(f"/proc/{process.pid}/status")
+        while process.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak_kb = max(peak_kb, int(line.split()[1]))
+            except (FileNotFoundError, ProcessLookupError):
+                break
+            time.sleep(0.01)
+        wall = time.perf_counter() - started
+        err.seek(0)
+        if process.returncode != 0:
+            raise SystemExit(f"detect failed: {err.read().decode()[-500:]}")
+    return {"wall_seconds": round(wall, 3), "peak_rss_mb": round(peak_kb / 1024, 1)}
+
+
+def speed(stream_model: Path, window_model: Path, paths: dict[str, Path]) -> dict:
+    half_hour = load_truth(truth_path(paths["half-hour"]))["duration"]
+    minute = load_truth(truth_path(paths["minute"]))["duration"]
+    segments = min(
+        detection_seconds(stream_model, paths["half-hour"], "segments") for _ in range(2)
+    )
+    window = detection_seconds(window_model, paths["half-hour"], "window")
+    long_run = min(
+        (run_command(paths["half-hour"], stream_model) for _ in range(2)),
+        key=lambda r: r["wall_seconds"],
+    )
+    short_run = run_command(paths["minute"], stream_model)
+    return {
+        "half_hour_seconds": half_hour,
+        "detection_alone_seconds": round(segments, 3),
+        "detection_alone_rtf": round(segments / half_hour, 6),
+        "window_detector_seconds": round(window, 3),
+        "window_detector_rtf": round(window / half_hour, 6),
+        "speedup_over_window_detector": round(window / segments, 2),
+        "command_30_min": {**long_run, "rtf": round(long_run["wall_seconds"] / half_hour, 5)},
+        "command_1_min": {**short_run, "rtf": round(short_run["wall_seconds"] / minute, 5)},
+        "memory_ratio_30_to_1_min": round(long_run["peak_rss_mb"] / short_run["peak_rss_mb"], 3),
+    }
+
+
+def summary(results: list[dict]) -> dict:
+    def mean_sd(values: list[float]) -> dict:
+        values = [v for v in values if v is not None]
+        if not values:
+            return {"mean": None}
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return {"mean": round(statistics.mean(values), 4), "sd": round(sd, 4), "n": len(values)}
+
+    return {
+        "hit_rate_at_10_fa_per_hour": mean_sd([r["hit_rate_at_10_fa_per_hour"] for r in results]),
+        "fa_per_hour_at_hit_rate": {
+            str(h): mean_sd([r["fa_per_hour_at_hit_rate"][str(h)] for r in results])
+            for h in HIT_RATES
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stream-models", nargs="+", type=Path, required=True)
+    parser.add_argument("--window-models", nargs="*", type=Path, default=[])
+    parser.add_argument("--data", type=Path, default=Path("data/real-dev"))
+    parser.add_argument("--work", type=Path, default=Path("data/bench-stream"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/stream.json"))
+    parser.add_argument("--skip-speed", action="store_true")
+    args = parser.parse_args()
+    keywords = load_model(args.stream_models[0]).keyword_labels
+    scan_corpus(args.data)
+    paths = recordings(args.data, args.work, keywords)
+    stream = [quality(m, paths, "segments") for m in args.stream_models]
+    window = [quality(m, paths, "window") for m in args.window_models]
+    result = {
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+        "recordings": {name: load_truth(truth_path(p))["duration"] for name, p in paths.items()},
+        "thresholds": list(DET_THRESHOLDS),
+        "stream": {"models": stream, "summary": summary(stream)},
+        "window": {"models": window, "summary": summary(window)} if window else None,
+        "health": [health(m, paths["hour"]) for m in args.stream_models],
+    }
+    if window:
+        ratios = {}
+        for h in HIT_RATES:
+            new = result["stream"]["summary"]["fa_per_hour_at_hit_rate"][str(h)]["mean"]
+            old = result["window"]["summary"]["fa_per_hour_at_hit_rate"][str(h)]["mean"]
+            ratios[str(h)] = round(new / old, 3) if new is not None and old else None
+        result["fa_ratio_stream_to_window_at_equal_hit_rate"] = ratios
+    if not args.skip_speed and args.window_models:
+        result["speed"] = speed(args.stream_models[0], args.window_models[0], paths)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(args.out)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("stream", "window")}, indent=1))
+    print(
+        json.dumps(
+            {
+                "stream": result["stream"]["summary"],
+                "window": result["window"]["summary"] if window else None,
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
