@@ -275,8 +275,10 @@ def test_a_failed_run_leaves_no_folder_and_keeps_runs_latest(tiny_corpus, tmp_pa
             clip.write_text("not audio")
     time.sleep(1.1)  # a new run folder name (it holds the time to the second)
     failed = kws("train", "--data", broken, *FAST, "--epochs", "1", cwd=tmp_path)
-    assert failed.returncode == 1 and failed.stderr.count("\n") == 1, failed.stderr
-    assert "unreadable" in failed.stderr and "Traceback" not in failed.stderr
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+    assert failed.returncode == 1 and len(errors) == 1, failed.stderr
+    assert "unreadable" in errors[0] and "Traceback" not in failed.stderr
+    assert failed.stderr.splitlines()[-1] == errors[0]  # warnings name the clips, then the error
     assert latest.resolve() == target
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == runs_before
     elsewhere = kws(
