@@ -16,6 +16,10 @@ POOLINGS = ("mean", "last", "max")
 OBJECTIVES = ("stream", "clip")
 FEATURE_KINDS = ("mfcc", "logmel")
 TASKS = ("gsc12", "gsc35", "custom")
+# The default step budget: at least this many optimiser steps and epochs (``budget_epochs``).
+MIN_STEPS = 1200
+MIN_EPOCHS = 40
+MAX_EPOCHS = 400
 
 T = TypeVar("T")
 
@@ -265,6 +269,13 @@ class SequenceConfig:
             )
 
 
+def budget_epochs(steps_per_epoch: int) -> int:
+    """Epochs of the default step budget: at least ``MIN_EPOCHS`` and ``MIN_STEPS`` steps. The
+    earlier fixed 40 epochs gave a 24-voice synthetic corpus 400 steps, and it stopped at 0.73
+    held-out accuracy (training 0.93); the real-speech subset gets 40 epochs (2,760 steps)."""
+    return min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(MIN_STEPS / max(1, steps_per_epoch))))
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Optimisation and data choices of a run (the model and front-end have their own configs).
@@ -285,7 +296,11 @@ class TrainConfig:
         "cross-entropy elsewhere), the model a device streams; clip: one label per 1 s clip.",
         OBJECTIVES,
     )
-    epochs: int = setting(40, "Passes over the training items.")
+    epochs: Optional[int] = setting(
+        None,
+        "Passes over the training items [default: the step budget, at least 40 epochs and "
+        f"{MIN_STEPS:,} optimiser steps, so a small corpus trains long enough].",
+    )
     batch_size: int = setting(16, "Global batch (sequences or clips), split across processes.")
     lr: float = setting(3e-3, "Peak learning rate (AdamW, warm-up then cosine decay).")
     weight_decay: float = setting(1e-2, "AdamW weight decay.")
@@ -308,7 +323,7 @@ class TrainConfig:
     sequence: SequenceConfig = dataclasses.field(default_factory=SequenceConfig)
 
     def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+        if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1 or self.lr <= 0:
             raise KwsError("epochs, batch size and learning rate must be positive")
         _choice("objective", self.objective, OBJECTIVES)
         if isinstance(self.augment, dict):

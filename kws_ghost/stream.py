@@ -171,15 +171,25 @@ class EventDecoder:
 
     def push(self, posteriors: np.ndarray, levels: Optional[np.ndarray] = None) -> list[Event]:
         """Posteriors [n, classes] of the next n frames (and their levels, dB) -> events."""
-        n = len(posteriors)
-        if n == 0:
+        if len(posteriors) == 0:
             return []
+        return self.push_smoothed(self.smooth(posteriors), levels)
+
+    def smooth(self, posteriors: np.ndarray) -> np.ndarray:
+        """The active keywords' smoothed scores [n, keywords] of the next n frames: the moving
+        average over the last ``smoothing`` seconds (fewer frames at the stream's start)."""
         joined = np.concatenate([self.tail, posteriors]) if len(self.tail) else posteriors
         sums = np.concatenate([np.zeros((1, joined.shape[1])), np.cumsum(joined, axis=0)])
         ends = np.arange(len(self.tail), len(joined)) + 1
         starts = np.maximum(0, ends - self.width)
         smoothed = (sums[ends] - sums[starts]) / (ends - starts)[:, None]
-        scores = smoothed[:, self.active]
+        if self.width > 1:
+            self.tail = joined[len(joined) - (self.width - 1) :]
+        return smoothed[:, self.active]
+
+    def push_smoothed(self, scores: np.ndarray, levels: Optional[np.ndarray] = None) -> list[Event]:
+        """``push`` for scores ``smooth`` gave (a DET replays one smoothing at many thresholds)."""
+        n = len(scores)
         best = scores.max(axis=1)
         self.top_score = max(self.top_score, float(best.max()))
         levels = np.full(n, np.nan, np.float32) if levels is None else levels
@@ -188,7 +198,6 @@ class EventDecoder:
         self.levels_end = self.frames_seen + n
         events = self._runs(best >= self.config.threshold, scores)
         self.frames_seen += n
-        self.tail = joined[len(joined) - (self.width - 1) :] if self.width > 1 else self.tail
         self.levels = self.levels[-keep:]
         return events
 
@@ -373,7 +382,18 @@ def decode(
     labels: list[str],
     config: DetectorConfig,
     frontend: FrontendConfig,
-) -> list[Event]:
-    """Events of stored posteriors (cheap: no model), e.g. at many thresholds for a DET curve."""
-    decoder = EventDecoder(labels, config, frontend)
-    return decoder.push(posteriors, levels) + decoder.flush()
+    thresholds: Optional[list[float]] = None,
+) -> Any:
+    """Events of stored posteriors (cheap: no model). With ``thresholds``, one event list per
+    threshold, from one smoothing (a DET curve)."""
+    if thresholds is None:
+        decoder = EventDecoder(labels, config, frontend)
+        return decoder.push(posteriors, levels) + decoder.flush()
+    scores = EventDecoder(labels, dataclasses.replace(config, threshold=0.5), frontend).smooth(
+        posteriors
+    )
+    lists = []
+    for threshold in thresholds:
+        decoder = EventDecoder(labels, dataclasses.replace(config, threshold=threshold), frontend)
+        lists.append(decoder.push_smoothed(scores, levels) + decoder.flush())
+    return lists

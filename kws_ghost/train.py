@@ -29,7 +29,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from kws_ghost.config import FrontendConfig, ModelConfig, TrainConfig, from_dict, to_dict
+from kws_ghost.config import (
+    FrontendConfig,
+    ModelConfig,
+    TrainConfig,
+    budget_epochs,
+    from_dict,
+    to_dict,
+)
 from kws_ghost.data import (
     SILENCE,
     UNKNOWN,
@@ -322,6 +329,14 @@ class Trainer:
             len(self.data.train_set), train_config.seed, True, self.dist.rank, self.dist.world_size
         )
         steps_per_epoch = math.ceil(len(self.sampler) / self.batch_size)
+        if train_config.epochs is None:  # the step budget: recorded, so a resume keeps it
+            self.config = train_config = dataclasses.replace(
+                train_config, epochs=budget_epochs(steps_per_epoch)
+            )
+            self.log(
+                f"note: {train_config.epochs} epochs of {steps_per_epoch} steps (the step budget; "
+                "--epochs sets it)"
+            )
         self.optimizer, self.scheduler = build_optimizer(self.model, train_config, steps_per_epoch)
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []

@@ -296,7 +296,7 @@ def test_an_unreadable_clip_is_skipped_with_a_warning(tiny_corpus, tmp_path):
         options = [o if o != "0" else workers for o in FAST]
         result = kws("train", "--data", tiny_corpus, *options, "--epochs", "1", "--out", out)
         assert result.returncode == 0, result.stderr
-        warnings = [line for line in result.stderr.splitlines() if "unreadable" in line]
+        warnings = [line for line in result.stderr.splitlines() if "skipping an unreadable" in line]
         assert len(warnings) == 1 and bad.name in warnings[0] and "Traceback" not in result.stderr
     evaluated = kws("eval", out / "best.pt", "--split", "training", "--quiet", "--json")
     assert evaluated.returncode == 0, evaluated.stderr
@@ -319,14 +319,29 @@ def test_a_full_disk_while_saving_keeps_the_checkpoints(tiny_corpus, tmp_path, m
     saved = {name: (out / name).read_bytes() for name in ("best.pt", "last.pt")}
     real_open = open
 
+    class FullDisk:
+        """A checkpoint's temporary file on a disk that fills up at the first write."""
+
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
     def full_disk_open(path, mode="r", *args, **kwargs):
         handle = real_open(path, mode, *args, **kwargs)
-        if "w" in mode and str(path).endswith(".pt.tmp"):
-
-            def write(data):
-                raise OSError(errno.ENOSPC, "No space left on device")
-
-            handle.write = write
+        name = os.path.basename(str(path))
+        if "w" in mode and ".pt." in name and name.endswith(".tmp"):
+            return FullDisk(handle)
         return handle
 
     monkeypatch.setattr("builtins.open", full_disk_open)
