@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kws_ghost.config import FrontendConfig  # noqa: E402
-from kws_ghost.features import librosa_features  # noqa: E402
 from kws_ghost.fileio import write_json  # noqa: E402
+from kws_ghost.frontend import librosa_features  # noqa: E402
 
 
 def threadpool_limits(threads: int) -> Any:

@@ -32,7 +32,7 @@ from kws_ghost import __version__
 from kws_ghost.config import FrontendConfig, ModelConfig, to_dict
 from kws_ghost.errors import KwsError
 from kws_ghost.profile import PLAIN_ARCH, describe
-from kws_ghost.runtime import INSTALL_HINT, ONNX_FORMAT, ONNX_FORMAT_VERSION
+from kws_ghost.runtime import INSTALL_HINT, ONNX_FORMAT, ONNX_FORMAT_VERSION, is_kws_onnx
 
 if TYPE_CHECKING:
     from kws_ghost.models import KeywordModel
@@ -247,6 +247,8 @@ def export_model(
     if path.is_dir():  # fail before any work (atomic_path checks the rest when writing)
         raise KwsError(f"{path} is a folder; give --out a file name such as model.onnx")
     check_output_parent(path)
+    if path.exists() and not is_kws_onnx(path):  # replace only what export wrote
+        raise KwsError(f"{path} exists and is not a kws-ghost ONNX model: choose another --out")
     source = model.config
     if len(labels) != source.num_classes:
         raise KwsError(f"{len(labels)} labels for a model with {source.num_classes} outputs")

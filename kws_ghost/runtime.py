@@ -231,6 +231,15 @@ def open_session(path: Path, threads: int = 1) -> Any:
         raise KwsError(f"{path}: not a readable ONNX model ({first[:200]})") from exc
 
 
+def is_kws_onnx(path: Path) -> bool:
+    """Whether ``path`` is an ONNX model with kws-ghost's metadata (what export may replace)."""
+    try:
+        meta = open_session(path).get_modelmeta().custom_metadata_map
+    except KwsError:
+        return False
+    return meta.get("format") == json.dumps(ONNX_FORMAT)
+
+
 def _json(value: str, path: Path, key: str) -> Any:
     try:
         return json.loads(value)

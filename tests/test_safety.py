@@ -220,6 +220,18 @@ def test_export_never_writes_over_its_checkpoint(checkpoint, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["hard.pt", "m.pt"]
 
 
+def test_export_replaces_only_its_own_models(checkpoint, tmp_path):
+    mine = tmp_path / "mine.onnx"
+    mine.write_bytes(b"a user's file")
+    result = CliRunner().invoke(main, ["export", str(checkpoint), "-o", str(mine)])
+    assert_one_line_error(result, "is not a kws-ghost ONNX model", str(mine))
+    assert mine.read_bytes() == b"a user's file"
+    ours = tmp_path / "ours.onnx"
+    for _ in range(2):  # the second export replaces the first
+        result = CliRunner().invoke(main, ["export", str(checkpoint), "-o", str(ours)])
+        assert result.exit_code == 0, result.output
+
+
 @pytest.mark.parametrize(
     "name, content, needle",
     [

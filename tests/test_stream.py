@@ -404,3 +404,44 @@ def test_trained_model_is_quiet_on_noise(trained_run):
     result = kws("detect", *noise, "--model", trained_run["best"], "--format", "csv")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "file,keyword,start,end,score"  # no event at all
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "kws.onnx"
+    result = kws("export", trained_run["best"], "-o", out, "--json")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_the_exported_step_model_gives_the_checkpoints_events(
+    trained_run, test_recording, exported
+):
+    """What `export` writes is the model `detect` runs: the same events from the ONNX step
+    model as from the checkpoint, on the same recording (strict streaming and segments)."""
+    wav, _ = test_recording
+    for scorer in ("segments", "stream"):
+        from_pt = detect_json(wav, trained_run["best"], "--scorer", scorer, "--threshold", "0.3")
+        from_onnx = detect_json(wav, exported, "--scorer", scorer, "--threshold", "0.3")
+        assert from_pt and len(from_pt) == len(from_onnx)
+        for a, b in zip(from_pt, from_onnx):
+            assert a["keyword"] == b["keyword"] and abs(a["score"] - b["score"]) < 1e-3
+            assert abs(a["start"] - b["start"]) < 1e-3 and abs(a["end"] - b["end"]) < 1e-3
+    # and the threshold it picks by itself: the validation DET travels in the metadata
+    default_pt = kws("detect", wav, "--model", trained_run["best"])
+    default_onnx = kws("detect", wav, "--model", exported)
+    assert default_pt.stderr == default_onnx.stderr and "threshold" in default_onnx.stderr
+
+
+def test_detect_with_an_onnx_model_never_imports_torch(exported, test_recording):
+    wav, _ = test_recording
+    code = (
+        "import sys; from kws_ghost.cli import main; "
+        f"main(['detect', {str(wav)!r}, '--model', {str(exported)!r}, '--quiet'], "
+        "standalone_mode=False); "
+        "assert 'torch' not in sys.modules, 'torch was imported'; "
+        "assert 'librosa' not in sys.modules, 'librosa was imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "keyword event" in result.stdout
