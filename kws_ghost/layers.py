@@ -311,6 +311,7 @@ def _scan(
     ghost_w: Tensor,
     ghost_b: Tensor,
     activation: str,
+    keep: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, list[tuple[Tensor, ...]]]:
     """``cell_step``'s recurrence over time, with the input projection of every frame given
     (``gi[t]``) -> (y [T, B, H], y0 = [h0 ; phi(h0)], final state, what each step saved: GRU
@@ -339,10 +340,12 @@ def _scan(
         pre = split_projection(cell, m, gi[t], torch.addmm(b_hh, y_prev, w_t))
         if cell == "gru":
             h, gates = gru_update(*pre, h)
-            saved.append((*gates, pre[3]))
+            step_saved = (*gates, pre[3])
         else:
             h, c, gates = lstm_update(*pre, c)
-            saved.append((*gates, c))
+            step_saved = (*gates, c)
+        if keep:  # for the backward; inference keeps nothing
+            saved.append(step_saved)
         y_prev = full(h, out=y[t])
     final = h if cell == "gru" else torch.cat([h, c], dim=-1)
     return y, y0, final, saved
@@ -574,7 +577,7 @@ class GhostRNNLayer(nn.Module):
         args = (self.weight_hh, self.bias_hh, *self.ghost_affine(), self.activation)
         if not torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type):
             # inference: the scan alone, nothing kept for a backward
-            y, _, new_state, _ = _scan(self.cell, gi, state, *args)
+            y, _, new_state, _ = _scan(self.cell, gi, state, *args, keep=False)
             return y.transpose(0, 1), new_state
         if self.cell == "gru":
             y = _GhostGRUScan.apply(gi, state, *args)

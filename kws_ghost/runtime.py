@@ -270,31 +270,61 @@ class FrameScorer:
         logits, self.state = self.runtime.run(frames[None], self.state)
         return logits[0]
 
+    def flush(self) -> np.ndarray:
+        return np.zeros((0, len(self.runtime.labels)), np.float32)
+
 
 class SegmentScorer:
-    """The stream's frame logits for a long recording, computed as a batch: the frames of each
-    push are cut into segments of ``segment`` frames, each run from the zero state over the
-    ``warmup`` frames before it (kept across pushes), and the warm-up outputs dropped. The first
-    segment of the stream starts at frame 0 from the zero state, exactly as the stream does.
+    """The stream's frame logits for a long recording, computed as a batch: frames are gathered
+    until ``batch`` segments of ``segment`` frames are complete, and each segment runs from the
+    zero state over the ``warmup`` frames before it, whose outputs are dropped. The first segment
+    of the stream starts at frame 0 from the zero state, exactly as the stream does.
+
+    A file goes through in ``batch``-wide steps (at batch 1 a frame is all overhead); memory is
+    one block of ``batch * segment`` frames (about 4 minutes) whatever the length. ``push``
+    returns the logits of the frames it could score (none, until a block is full); ``flush``
+    those of the rest.
     """
 
-    def __init__(self, runtime: KeywordRuntime, segment: int = 400, warmup: int = 200) -> None:
-        if segment < 1 or warmup < 0:
-            raise ValueError("segment must be positive and warmup non-negative")
+    def __init__(
+        self, runtime: KeywordRuntime, segment: int = 400, warmup: int = 200, batch: int = 64
+    ) -> None:
+        if segment < 1 or warmup < 0 or batch < 1:
+            raise ValueError("segment and batch must be positive and warmup non-negative")
         self.runtime = runtime
         self.segment = segment
         self.warmup = warmup
-        self.context: Optional[np.ndarray] = None  # the last `warmup` frames pushed
+        self.block = segment * batch
+        self.context: Optional[np.ndarray] = None  # the `warmup` frames before `pending`
+        self.pending: list[np.ndarray] = []
+        self.pending_frames = 0
 
     def push(self, frames: np.ndarray) -> np.ndarray:
-        """frames [n, F] -> logits [n, C]."""
-        n = len(frames)
-        if n == 0:
+        """frames [n, F] -> logits [k, C] of the next k frames (0 <= k)."""
+        if len(frames):
+            self.pending.append(frames)
+            self.pending_frames += len(frames)
+        if self.pending_frames < self.block:
             return np.zeros((0, len(self.runtime.labels)), np.float32)
+        joined = np.concatenate(self.pending)
+        self.pending = [joined[self.block :]]
+        self.pending_frames = len(self.pending[0])
+        return self._score(joined[: self.block])
+
+    def flush(self) -> np.ndarray:
+        """The logits of every frame still waiting."""
+        rest = np.concatenate(self.pending) if self.pending else np.zeros((0, 0), np.float32)
+        self.pending, self.pending_frames = [], 0
+        if len(rest) == 0:
+            return np.zeros((0, len(self.runtime.labels)), np.float32)
+        return self._score(rest)
+
+    def _score(self, frames: np.ndarray) -> np.ndarray:
+        n = len(frames)
         context = self.context if self.context is not None else frames[:0]
         joined = np.concatenate([context, frames]) if len(context) else frames
         first = len(context)
-        starts = list(range(first, first + n, self.segment))
+        starts = range(first, first + n, self.segment)
         spans = [(max(0, s - self.warmup), s, min(s + self.segment, first + n)) for s in starts]
         width = max(stop - lo for lo, _, stop in spans)
         batch = np.empty((len(spans), width, joined.shape[1]), np.float32)
@@ -302,8 +332,7 @@ class SegmentScorer:
             batch[row, : stop - lo] = joined[lo:stop]
             batch[row, stop - lo :] = joined[stop - 1]  # padding after the end: outputs unused
         logits, _ = self.runtime.run(batch, self.runtime.initial_state(len(spans)))
-        out = np.concatenate(
+        self.context = joined[max(0, len(joined) - self.warmup) :].copy()
+        return np.concatenate(
             [logits[row, s - lo : stop - lo] for row, (lo, s, stop) in enumerate(spans)]
         )
-        self.context = joined[max(0, len(joined) - self.warmup) :].copy()
-        return out

@@ -41,6 +41,10 @@ from kws_ghost.runtime import (
 )
 
 SCORERS = ("auto", "stream", "segments", "window")
+# The segment scorer: segments of 4 s, each after 2 s of warm-up that a trained state forgets its
+# zero start in (the events equal strict streaming's: tested).
+SEGMENT_SECONDS = 4.0
+WARMUP_SECONDS = 2.0
 LOOKBACK_SECONDS = 2.5  # levels kept to find a word's speech before the model fires
 MAX_RUN_SECONDS = 1.0  # a run of high scores this long gives its event without waiting more
 MIN_EVENT_SECONDS = 0.05
@@ -100,6 +104,9 @@ class WindowScorer:
             position = row
         return out
 
+    def flush(self) -> np.ndarray:
+        return np.zeros((0, len(self.runtime.labels)), np.float32)
+
 
 def make_scorer(runtime: KeywordRuntime, kind: str, hop_ms: float = 100.0) -> Any:
     """A scorer for ``kind`` (see the module notes); ``auto``: ``stream`` for models trained on
@@ -115,7 +122,9 @@ def make_scorer(runtime: KeywordRuntime, kind: str, hop_ms: float = 100.0) -> An
         )
     if kind == "segments":
         fps = runtime.frontend_config.frames_per_second
-        return SegmentScorer(runtime, int(round(4.0 * fps)), int(round(2.0 * fps)))
+        return SegmentScorer(
+            runtime, int(round(SEGMENT_SECONDS * fps)), int(round(WARMUP_SECONDS * fps))
+        )
     if kind == "stream":
         return FrameScorer(runtime)
     raise KwsError(f"unknown scorer {kind!r}: use {', '.join(SCORERS)}")
@@ -256,31 +265,26 @@ class EventDecoder:
         # the lookback before the run, up to its last frame (self.levels may hold a whole push)
         oldest = self.levels_end - len(self.levels)
         lo, hi = max(oldest, first - self.lookback), min(self.levels_end, last + 1)
-        frames = np.arange(lo, hi)
         levels = self.levels[lo - oldest : hi - oldest]
-        if len(levels) < 10 or np.isnan(levels).any():
+        if len(levels) < 10 or levels[0] != levels[0]:  # too few frames, or no levels (NaN)
             return fallback
-        floor, peak = np.percentile(levels, 10), levels.max()
-        loud = frames[levels >= floor + 0.5 * (peak - floor)]
-        if peak - floor < 6.0 or len(loud) == 0:
+        floor = np.partition(levels, len(levels) // 10)[len(levels) // 10]  # 10th percentile
+        peak = levels.max()
+        if peak - floor < 6.0:  # no clear speech above the background
             return fallback
-        gap = int(round(0.15 / self.frame_seconds)) + 1
-        breaks = np.flatnonzero(np.diff(loud) > gap)
-        spans = zip(loud[np.concatenate([[0], breaks + 1])], loud[np.concatenate([breaks, [-1]])])
+        loud = lo + np.flatnonzero(levels >= floor + 0.5 * (peak - floor))
+        # stretches of loud frames, gaps up to 150 ms (a stop closure inside a word) bridged
+        breaks = np.flatnonzero(np.diff(loud) > int(round(0.15 / self.frame_seconds)) + 1)
+        starts = loud[np.concatenate([[0], breaks + 1])] * self.frame_seconds
+        ends = (loud[np.concatenate([breaks, [-1]])] + 1) * self.frame_seconds
         centre = self.frame_end / 2 - self.frame_seconds / 2  # frame i's centre - half a hop
-        stretches = [
-            (a * self.frame_seconds + centre, (b + 1) * self.frame_seconds + centre)
-            for a, b in spans
-        ]
-
-        def fit(span: tuple[float, float]) -> tuple[float, float]:
-            overlap = min(span[1], fallback[1]) - max(span[0], fallback[0])
-            return (overlap, -abs(span[1] - fired))
-
-        start, end = max(stretches, key=fit)
-        if fit((start, end))[0] <= 0:
+        starts, ends = starts + centre, ends + centre
+        overlap = np.minimum(ends, fallback[1]) - np.maximum(starts, fallback[0])
+        best = int(np.lexsort((-np.abs(ends - fired), overlap))[-1])  # most overlap, then nearest
+        if overlap[best] <= 0:
             return fallback
-        return max(0.0, start), max(end, start + MIN_EVENT_SECONDS)
+        start = max(0.0, float(starts[best]))
+        return start, max(float(ends[best]), start + MIN_EVENT_SECONDS)
 
     def flush(self) -> list[Event]:
         """End of stream: close a run still open."""
@@ -344,23 +348,33 @@ class KeywordDetector:
         self.frontend = StreamingFrontend(runtime.frontend_config)
         self.scorer = make_scorer(runtime, scorer, config.hop_ms)
         self.decoder = EventDecoder(runtime.labels, self.config, runtime.frontend_config)
+        self.levels = np.zeros(0, np.float32)  # levels of frames the scorer has not given out
 
     @property
     def frames_seen(self) -> int:
         return self.decoder.frames_seen
 
     def push_posteriors(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Samples -> (posteriors [n, classes], levels [n]) of the frames they complete."""
+        """Samples -> (posteriors [n, classes], levels [n]) of the next n frames the scorer gives
+        out (the segment scorer holds frames back until it has a block)."""
         frames = self.frontend.push(samples)
-        scored = self.scorer.push(frames)
+        self.levels = np.concatenate([self.levels, frame_levels(frames, self.frontend.config)])
+        return self._scored(self.scorer.push(frames))
+
+    def flush_posteriors(self) -> tuple[np.ndarray, np.ndarray]:
+        """End of stream: the posteriors and levels of the frames the scorer still held."""
+        return self._scored(self.scorer.flush())
+
+    def _scored(self, scored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         posteriors = scored if isinstance(self.scorer, WindowScorer) else softmax(scored)
-        return posteriors, frame_levels(frames, self.runtime.frontend_config)
+        levels, self.levels = self.levels[: len(posteriors)], self.levels[len(posteriors) :]
+        return posteriors, levels
 
     def push(self, samples: np.ndarray) -> list[Event]:
         return self.decoder.push(*self.push_posteriors(samples))
 
     def flush(self) -> list[Event]:
-        return self.decoder.flush()
+        return self.decoder.push(*self.flush_posteriors()) + self.decoder.flush()
 
 
 def detect_blocks(

@@ -270,6 +270,7 @@ def score_audio(
     else:
         blocks = iter_audio_blocks(source, rate)
     pairs = [detector.push_posteriors(block) for block in blocks]
+    pairs.append(detector.flush_posteriors())
     return np.concatenate([p for p, _ in pairs]), np.concatenate([v for _, v in pairs])
 
 
@@ -283,6 +284,7 @@ def score_features(runtime: Any, features: np.ndarray) -> tuple[np.ndarray, np.n
     parts = [
         scorer.push(features[i : i + BLOCK_FRAMES]) for i in range(0, len(features), BLOCK_FRAMES)
     ]
+    parts.append(scorer.flush())
     return softmax(np.concatenate(parts)), frame_levels(features, runtime.frontend_config)
 
 

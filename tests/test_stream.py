@@ -119,9 +119,10 @@ def test_segment_scorer_matches_the_stream_after_its_warm_up():
     exact = softmax(FrameScorer(runtime).push(frames))
     errors = []
     for warmup in (50, 150, 400):
-        scorer = SegmentScorer(runtime, segment=150, warmup=warmup)
+        scorer = SegmentScorer(runtime, segment=150, warmup=warmup, batch=3)
         parts = [scorer.push(frames[i : i + 400]) for i in range(0, len(frames), 400)]
-        batched = softmax(np.concatenate(parts))
+        assert sum(len(p) for p in parts) == len(frames) // 450 * 450  # whole blocks so far
+        batched = softmax(np.concatenate([*parts, scorer.flush()]))
         assert batched.shape == exact.shape
         assert np.abs(batched[:150] - exact[:150]).max() < 1e-5  # the stream's own start
         errors.append(np.abs(batched - exact).max())
