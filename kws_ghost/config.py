@@ -142,8 +142,9 @@ class ModelConfig:
     dropout: float = setting(0.2, "Dropout between layers and before the head.")
     pooling: str = setting(
         "max",
-        "How clip scores come from frame logits: max (the streaming rule: a class's best "
-        "frame; silence only when every frame is silence), mean or last (clip objective).",
+        "How clip scores come from frame logits: max (the streaming rule: the keyword whose "
+        "posterior peaks highest if one reaches 0.5, else _unknown_ or _silence_), mean or last "
+        "(clip objective).",
         POOLINGS,
     )
     num_classes: int = 12  # set from the labels
@@ -292,8 +293,9 @@ class TrainConfig:
     extra_fraction: float = setting(0.1, "Share of _silence_ and of _unknown_ in every split.")
     objective: str = setting(
         "stream",
-        "stream: per-frame targets on long sequences (max-pooling over each keyword, frame "
-        "cross-entropy elsewhere), the model a device streams; clip: one label per 1 s clip.",
+        "stream: per-frame targets on long sequences (each keyword's region max-pooled and "
+        "averaged, frame cross-entropy elsewhere), the model a device streams; clip: one label "
+        "per 1 s clip.",
         OBJECTIVES,
     )
     epochs: Optional[int] = setting(

@@ -48,6 +48,7 @@ DET_THRESHOLDS = tuple(
         )
     )
 )
+DECODER_SETTINGS = ("smoothing", "patience", "refractory")
 BLOCK_FRAMES = 12000  # frames scored per call when replaying stored features (2 minutes)
 
 
@@ -358,6 +359,8 @@ def summarize(det: list[dict[str, Any]], target: float, words: int, hours: float
         "false_alarms_per_hour": point["false_alarms_per_hour"] if point else None,
         "keywords": words,
         "negative_hours": round(hours, 4),
+        # the decision settings the curve holds for (thresholds mean something else with others)
+        "decoder": {name: getattr(DetectorConfig(), name) for name in DECODER_SETTINGS},
         "det": [{k: p[k] for k in ("threshold", "hit_rate", "false_alarms_per_hour")} for p in det],
     }
 

@@ -48,6 +48,7 @@ def random_checkpoint(tmp_path):
     detection = {
         "target_fa_per_hour": 10.0,
         "threshold": 0.4,
+        "decoder": {"smoothing": 0.1, "patience": 0.03, "refractory": 0.5},
         "det": [
             {"threshold": 0.3, "hit_rate": 0.9, "false_alarms_per_hour": 30.0},
             {"threshold": 0.4, "hit_rate": 0.8, "false_alarms_per_hour": 9.0},
@@ -238,8 +239,11 @@ def test_detect_notes_the_threshold_and_ends_with_a_count(random_checkpoint, tmp
     assert (
         last.startswith(f"{wav}: ") and "keyword event" in last and "highest keyword score" in last
     )
+    assert "other settings" not in result.stderr
     picked = kws("detect", wav, "--model", random_checkpoint, "--false-alarms-per-hour", "2")
     assert "threshold 0.6" in picked.stderr
+    smoother = kws("detect", wav, "--model", random_checkpoint, "--smoothing", "0.3")
+    assert "with smoothing 0.1 s; other settings shift these figures" in smoother.stderr
     assert "\r" not in picked.stderr  # no progress bar when stderr is not a terminal
 
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import click
 
-from kws_ghost.cli.options import json_option
+from kws_ghost.cli.options import json_option, threads_option
 
 
 @click.command()
@@ -27,6 +27,7 @@ from kws_ghost.cli.options import json_option
     type=click.Path(dir_okay=False),
     help="PNG: cumulative energy per layer and unit similarity matrices.",
 )
+@threads_option
 @json_option
 def analyze(
     checkpoint: str,
@@ -34,10 +35,14 @@ def analyze(
     split: str,
     max_clips: int,
     plot: Optional[str],
+    threads: Optional[int],
     as_json: bool,
 ) -> None:
     """Singular-value spectrum of each layer's states: components for 90/95/99% of the energy,
     mean |cosine| between units, and the ghost ratio s = H / k99 the spectrum suggests."""
+    from kws_ghost.threads import configure_threads
+
+    configure_threads(threads, "batch")
     from kws_ghost.analyze import analyze_checkpoint, format_report, plot_report, public_report
     from kws_ghost.checkpoint import load_checkpoint, stored_data_path
     from kws_ghost.errors import KwsError

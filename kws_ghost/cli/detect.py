@@ -131,10 +131,16 @@ def _threshold_note(detector: Any) -> str:
     if point is None:
         return f"note: threshold {threshold:.3g} (the model carries no validation DET curve)"
     fa = point["false_alarms_per_hour"]
-    return (
+    note = (
         f"note: threshold {threshold:.3g}: on its validation recordings the model found "
         f"{point['hit_rate']:.0%} of keywords at {fa:.1f} false alarms per hour"
     )
+    measured = (detector.runtime.detection or {}).get("decoder") or {}
+    changed = [k for k, v in measured.items() if getattr(detector.config, k, v) != v]
+    if changed:
+        settings = ", ".join(f"{k} {measured[k]:g} s" for k in changed)
+        note += f" (with {settings}; other settings shift these figures)"
+    return note
 
 
 def _with_progress(blocks: Any, name: str, rate: int, enabled: bool) -> Any:

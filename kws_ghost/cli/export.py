@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import click
 
-from kws_ghost.cli.options import json_option
+from kws_ghost.cli.options import json_option, threads_option
 
 
 @click.command()
@@ -27,6 +27,7 @@ from kws_ghost.cli.options import json_option
     help="Fold linear ghost operations into the weights: a smaller, equivalent plain GRU/LSTM. "
     "Default: fold when the cheap operation has no activation.",
 )
+@threads_option
 @json_option
 def export(
     checkpoint: str,
@@ -34,6 +35,7 @@ def export(
     out: Optional[str],
     int8: bool,
     fold: Optional[bool],
+    threads: Optional[int],
     as_json: bool,
 ) -> None:
     """Export CHECKPOINT as an ONNX streaming step model.
@@ -47,6 +49,9 @@ def export(
     run frame by frame from the zero state (kws_ghost.runtime). Needs
     `pip install kws-ghost[export]`.
     """
+    from kws_ghost.threads import configure_threads
+
+    configure_threads(threads, "stream")
     from pathlib import Path
 
     from kws_ghost import export as exporter

@@ -8,7 +8,7 @@ from typing import Optional
 
 import click
 
-from kws_ghost.cli.options import json_option
+from kws_ghost.cli.options import json_option, threads_option
 from kws_ghost.config import FEATURE_KINDS
 from kws_ghost.errors import KwsError
 
@@ -48,6 +48,7 @@ from kws_ghost.errors import KwsError
     show_default=True,
     help="With --plot: PNGs for at most this many clips of each folder input.",
 )
+@threads_option
 @json_option
 def features(
     inputs: tuple[str, ...],
@@ -56,6 +57,7 @@ def features(
     checkpoint: Optional[str],
     plot: bool,
     max_plots: int,
+    threads: Optional[int],
     as_json: bool,
 ) -> None:
     """Extract MFCC (or log-mel) features from audio files or a Speech Commands folder.
@@ -66,6 +68,9 @@ def features(
     path relative to the folder, e.g. "yes/0a7c2a8d_nohash_0.wav".
     Prints the shape and frame rate of each; --json prints one JSON object instead.
     """
+    from kws_ghost.threads import configure_threads
+
+    configure_threads(threads, "stream")
     from kws_ghost.config import FrontendConfig
 
     if checkpoint:
