@@ -1,6 +1,6 @@
 """The default recipe on a small custom corpus, with no flags, as a user would run it.
 
-    python benchmarks/bench_small_corpus.py [--seeds 0 1 2] [--out benchmarks/results/small-corpus.json]
+    python benchmarks/bench_small_corpus.py [--seeds 0 1 2] [--out PATH.json]
 
 `kws-ghost synth --words yes,no,up,down --voices 30` (24 training, 3 validation and 3 test
 voices), then `kws-ghost train --data CORPUS --keywords yes,no,up,down --seed S` and `kws-ghost
