@@ -260,6 +260,11 @@ class SequenceConfig:
         "Training carries each stream's state from batch to batch (so it stays healthy on audio "
         "of any length), restarting from zeros with this probability.",
     )
+    reverb_prob: float = setting(
+        0.0,
+        "Probability that a sequence's speech is convolved with a simulated room impulse "
+        "response (exponentially decaying noise, RT60 0.15-0.8 s).",
+    )
 
     def validate(self) -> None:
         if self.seconds <= 0 or self.words < 1 or self.distractors < 0:
@@ -320,6 +325,11 @@ class TrainConfig:
     )
     val_recording_minutes: float = setting(
         30.0, "Minutes of validation negatives (other words, noise) that count false alarms."
+    )
+    ema_decay: float = setting(
+        0.0,
+        "Exponential moving average of the weights per step (e.g. 0.999; 0: off): validation and "
+        "checkpoints use the average.",
     )
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     sequence: SequenceConfig = dataclasses.field(default_factory=SequenceConfig)

@@ -109,7 +109,8 @@ class SequenceDataset:
             except KwsError:
                 pass  # an unreadable distractor is named when it is an item of its own
         pieces = [pieces[i] for i in rng.permutation(len(pieces))]
-        audio = self._bed(rng)
+        bed = self._bed(rng)
+        audio = np.zeros(self.samples, np.float32)
         targets = np.full(self.frames, self.background, dtype=np.int64)
         regions = np.full((cfg.words + cfg.distractors, 3), -1, dtype=np.int64)
         # Spread the free time over the gaps before, between and after the pieces.
@@ -122,6 +123,9 @@ class SequenceDataset:
             position = start + len(piece)
             if span is not None:  # silence keeps the background target
                 words.append((row, label, start + span[0], start + span[1]))
+        if cfg.reverb_prob and rng.uniform() < cfg.reverb_prob:  # no draw when off
+            audio = reverberate(audio, rng, rate)
+        audio += bed
         # other words first: a keyword's region runs on past the word's end and wins where the
         # next word follows closely
         for row, label, onset, end in sorted(words, key=lambda word: word[1] in self.keyword):
@@ -174,6 +178,24 @@ class SequenceDataset:
         offset = int(rng.integers(len(source)))
         looped = np.tile(source, reps)[offset : offset + self.samples]
         return bed + looped * rng.uniform(0.0, self.config.noise_volume)
+
+
+def reverberate(audio: np.ndarray, rng: np.random.Generator, sample_rate: int) -> np.ndarray:
+    """``audio`` in a simulated room: convolved with the direct path plus exponentially decaying
+    noise (RT60 0.15-0.8 s, a direct-to-reverberant ratio of 0-10 dB), its level kept. The
+    speech's span barely moves: the direct path is at delay 0."""
+    rt60 = rng.uniform(0.15, 0.8)
+    length = int(rt60 * sample_rate)
+    t = np.arange(length) / sample_rate
+    tail = rng.standard_normal(length) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60
+    tail[0] = 0.0
+    ratio = 10 ** (rng.uniform(0.0, 10.0) / 10)  # direct / reverberant energy
+    tail *= np.sqrt(1.0 / (ratio * np.sum(tail**2)))
+    response = np.concatenate([[1.0], tail[1:]])
+    size = 1 << int(np.ceil(np.log2(len(audio) + length)))
+    wet = np.fft.irfft(np.fft.rfft(audio, size) * np.fft.rfft(response, size), size)[: len(audio)]
+    peak_in, peak_out = np.abs(audio).max(), np.abs(wet).max()
+    return (wet * (peak_in / peak_out if peak_out > 0 else 1.0)).astype(np.float32)
 
 
 def faded(audio: np.ndarray, samples: int) -> np.ndarray:

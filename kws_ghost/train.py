@@ -226,6 +226,9 @@ def build_network(
     model_config = dataclasses.replace(
         model_config, input_dim=frontend.num_features, num_classes=len(data.labels)
     )
+    if config.objective == "clip" and model_config.pooling == "max":
+        # the streaming rule scores per-frame targets; a clip-trained head pools over the clip
+        model_config = dataclasses.replace(model_config, pooling="mean")
     torch.manual_seed(config.seed)
     model = build_model(model_config)
     plain = ClipDataset(
@@ -338,6 +341,13 @@ class Trainer:
                 "--epochs sets it)"
             )
         self.optimizer, self.scheduler = build_optimizer(self.model, train_config, steps_per_epoch)
+        self.ema: Any = None  # the weights' moving average, what validation and files hold
+        if train_config.ema_decay > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(train_config.ema_decay)
+            )
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
         if checkpoint is not None:
@@ -412,7 +422,12 @@ class Trainer:
         import torch
 
         state = checkpoint.extra["train_state"]
-        self.model.load_state_dict(checkpoint.model_state)
+        if self.ema is not None:  # the file holds the average; the raw weights are kept apart
+            self.ema.module.load_state_dict(checkpoint.model_state)
+            self.ema.n_averaged.fill_(int(state["ema_steps"]))
+            self.model.load_state_dict(state["raw_model"])
+        else:
+            self.model.load_state_dict(checkpoint.model_state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
@@ -486,6 +501,8 @@ class Trainer:
             scaler.step(self.optimizer)
             scaler.update()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             totals["loss"] += loss.item() * seen
             totals["right"] += right
             totals["seen"] += seen
@@ -540,6 +557,12 @@ class Trainer:
         seen = int(stats["keywords"]) + int(stats["background"])
         return loss, right, seen
 
+    @property
+    def published_model(self) -> Any:
+        """The model validation scores and checkpoints hold: the weights' average when
+        ``ema_decay`` is set, else the trained weights themselves."""
+        return self.ema.module if self.ema is not None else self.model
+
     def _carried_state(self, batch: int, generator: Any) -> Any:
         """Each row's state from the previous batch, or zeros (at random, and at epoch starts)."""
         import torch
@@ -560,8 +583,9 @@ class Trainer:
         from kws_ghost.evaluate import clip_predictions
         from kws_ghost.runtime import TorchRuntime, log_softmax
 
-        self.model.eval()
-        runtime = TorchRuntime(self.model, self.labels, self.frontend_config)
+        model = self.published_model
+        model.eval()
+        runtime = TorchRuntime(model, self.labels, self.frontend_config)
         sampler = EpochSampler(
             len(self.data.val_clips),
             shuffle=False,
@@ -662,9 +686,19 @@ class Trainer:
         }
         fe, labels = self.frontend_config, self.labels
         if best_epoch(self.history) is record:
-            save_checkpoint(self.run_dir / "best.pt", self.model, fe, labels, **common)
+            save_checkpoint(self.run_dir / "best.pt", self.published_model, fe, labels, **common)
+        if self.ema is not None:
+            train_state["raw_model"] = {
+                k: v.detach().cpu() for k, v in self.model.state_dict().items()
+            }
+            train_state["ema_steps"] = int(self.ema.n_averaged)
         save_checkpoint(
-            self.run_dir / "last.pt", self.model, fe, labels, train_state=train_state, **common
+            self.run_dir / "last.pt",
+            self.published_model,
+            fe,
+            labels,
+            train_state=train_state,
+            **common,
         )
         # metrics.jsonl mirrors the checkpoint's history, rewritten whole (a few KB): a resumed
         # run never keeps a line written after the checkpoint it resumed from

@@ -116,8 +116,8 @@ def test_eval_plot_and_text(trained_run, tmp_path):
     assert refused.returncode == 1 and text.read_text() == "mine"
 
 
-@pytest.mark.parametrize("objective", ["stream", "clip"])
-def test_resume_continues_exactly(tiny_corpus, tmp_path, objective):
+@pytest.mark.parametrize("objective, ema", [("stream", 0.0), ("clip", 0.0), ("stream", 0.9)])
+def test_resume_continues_exactly(tiny_corpus, tmp_path, objective, ema):
     from kws_ghost.config import FrontendConfig, ModelConfig, TrainConfig
     from kws_ghost.train import Trainer
 
@@ -130,6 +130,7 @@ def test_resume_continues_exactly(tiny_corpus, tmp_path, objective):
             seed=3,
             objective=objective,
             val_recording_minutes=0.5,
+            ema_decay=ema,
         )
         pooling = "max" if objective == "stream" else "mean"
         model = ModelConfig(hidden=16, layers=1, pooling=pooling)
