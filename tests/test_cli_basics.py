@@ -33,6 +33,7 @@ def test_every_command_has_help():
     for name in main.list_commands(None):
         result = runner.invoke(main, [name, "--help"])
         assert result.exit_code == 0, (name, result.output)
+        assert "--threads" in result.output, name  # every command lets the user set threads
 
 
 def test_missing_checkpoint_is_one_line_error(tmp_path):

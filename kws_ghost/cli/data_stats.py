@@ -6,7 +6,7 @@ from typing import Optional
 
 import click
 
-from kws_ghost.cli.options import json_option
+from kws_ghost.cli.options import json_option, threads_option
 from kws_ghost.config import TASKS
 
 
@@ -25,11 +25,20 @@ from kws_ghost.config import TASKS
     show_default=True,
     help="Seed that picks the _unknown_ clips, as in training.",
 )
+@threads_option
 @json_option
 def data_stats(
-    data: str, task: Optional[str], keywords: Optional[str], seed: int, as_json: bool
+    data: str,
+    task: Optional[str],
+    keywords: Optional[str],
+    seed: int,
+    threads: Optional[int],
+    as_json: bool,
 ) -> None:
     """Counts per class and split of corpus DATA, as `train` and `eval` would build them."""
+    from kws_ghost.threads import configure_threads
+
+    configure_threads(threads, "stream")
     from kws_ghost.data import SPLITS, build_items, count_labels, resolve_labels, scan_corpus
 
     notes: list[str] = []

@@ -6,7 +6,7 @@ from typing import Optional
 
 import click
 
-from kws_ghost.cli.options import json_option
+from kws_ghost.cli.options import json_option, threads_option
 
 
 @click.command()
@@ -45,6 +45,7 @@ from kws_ghost.cli.options import json_option
     show_default=True,
     help="Seconds to wait for the server before giving up.",
 )
+@threads_option
 @json_option
 def download(
     dataset_version: str,
@@ -53,6 +54,7 @@ def download(
     url: Optional[str],
     sha256: Optional[str],
     timeout: float,
+    threads: Optional[int],
     as_json: bool,
 ) -> None:
     """Download, verify and unpack a Speech Commands archive (resumable, atomic).
@@ -62,6 +64,9 @@ def download(
     the folder appears whole or not at all, and running the command again once it is complete
     does nothing.
     """
+    from kws_ghost.threads import configure_threads
+
+    configure_threads(threads, "stream")
     import os
 
     from kws_ghost import download as dl

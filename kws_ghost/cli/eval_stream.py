@@ -43,6 +43,7 @@ from kws_ghost.cli.options import config_from, detector_options, json_option, th
 )
 @click.option("--noise-volume", type=click.FloatRange(0), default=0.05, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@threads_option
 @json_option
 def make_stream(
     data: str,
@@ -55,9 +56,13 @@ def make_stream(
     every_keyword: bool,
     noise_volume: float,
     seed: int,
+    threads: Optional[int],
     as_json: bool,
 ) -> None:
     """Build a test recording: keywords at known times, other words and noise between them."""
+    from kws_ghost.threads import configure_threads
+
+    configure_threads(threads, "stream")
     from kws_ghost.stream_eval import build_recording, check_recording_output, truth_path
 
     check_recording_output(out)

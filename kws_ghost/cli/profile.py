@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import click
 
-from kws_ghost.cli.options import config_from, config_options, json_option
+from kws_ghost.cli.options import config_from, config_options, json_option, threads_option
 from kws_ghost.config import ModelConfig
 
 
@@ -30,6 +30,7 @@ from kws_ghost.config import ModelConfig
     help="Profile the folded equivalent: linear ghost operations absorbed into the weights, a "
     "plain GRU/LSTM of width m (needs --cheap-activation none), beside the unfolded model.",
 )
+@threads_option
 @json_option
 def profile(
     checkpoint: Optional[str],
@@ -37,6 +38,7 @@ def profile(
     classes: int,
     compare: bool,
     fold: bool,
+    threads: Optional[int],
     as_json: bool,
     **options: Any,
 ) -> None:
@@ -44,6 +46,9 @@ def profile(
 
     Give a CHECKPOINT, or describe a model with the options (defaults: the default GhostGRU).
     """
+    from kws_ghost.threads import configure_threads
+
+    configure_threads(threads, "stream")
     from kws_ghost import profile as profiling
 
     if checkpoint:

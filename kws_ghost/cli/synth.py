@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import click
 
-from kws_ghost.cli.options import json_option
+from kws_ghost.cli.options import json_option, threads_option
 
 
 @click.command()
@@ -63,6 +65,7 @@ from kws_ghost.cli.options import json_option
     help="Replace --out if an earlier synth wrote it (it holds .kws-ghost-synth); any other "
     "folder that is not empty is refused.",
 )
+@threads_option
 @json_option
 def synth(
     words: str,
@@ -74,6 +77,7 @@ def synth(
     test_fraction: float,
     workers: int,
     force: bool,
+    threads: Optional[int],
     as_json: bool,
 ) -> None:
     """Synthesise WORDS with espeak-ng voices into a corpus in the Speech Commands layout.
@@ -81,6 +85,9 @@ def synth(
     Each clip is 1 s of 16 kHz mono int16 audio with the word at a random offset and gain over a
     low noise floor; validation and test lists hold whole speakers. Needs no network.
     """
+    from kws_ghost.threads import configure_threads
+
+    configure_threads(threads, "stream")
     from kws_ghost.progress import progress_enabled
     from kws_ghost.synth import parse_words, synthesize_corpus
 
