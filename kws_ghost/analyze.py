@@ -136,7 +136,7 @@ def plot_report(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kws_ghost.fileio import atomic_path, check_png_output
+    from kws_ghost.fileio import PNG_METADATA, atomic_path, check_png_output
 
     check_png_output(path)
     layers: Sequence[dict[str, Any]] = report["layers"]
@@ -162,5 +162,5 @@ def plot_report(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
         fig.colorbar(image, ax=axes[-1], fraction=0.046)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=110, format="png", metadata=PNG_METADATA)
     plt.close(fig)

@@ -148,11 +148,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     return Checkpoint(path, model_config, frontend_config, labels, state, extra)
 
 
-def stored_data_path(checkpoint: Checkpoint) -> Optional[Path]:
-    """The corpus a checkpoint was trained on, where it can be found: the stored path (absolute
-    since 0.2), else that path taken relative to the checkpoint's own folder and the run folder's
-    parent (older checkpoints stored ``--data`` as typed). None when neither exists."""
-    stored = (checkpoint.extra.get("train_config") or {}).get("data")
+def stored_data_path(train_config: dict[str, Any], model_path: Path) -> Optional[Path]:
+    """The corpus a model (checkpoint or export) was trained on, where it can be found: the
+    stored path (absolute since 0.2), else that path taken relative to the model file's folder
+    and the two above it (older checkpoints stored ``--data`` as typed). None when none exists."""
+    stored = (train_config or {}).get("data")
     if not stored:
         return None
     path = Path(stored)
@@ -161,9 +161,9 @@ def stored_data_path(checkpoint: Checkpoint) -> Optional[Path]:
         if path.is_absolute()
         else [
             path,
-            checkpoint.path.parent / path,
-            checkpoint.path.parent.parent / path,
-            checkpoint.path.parent.parent.parent / path,
+            model_path.parent / path,
+            model_path.parent.parent / path,
+            model_path.parent.parent.parent / path,
         ]
     )
     for candidate in candidates:

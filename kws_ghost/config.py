@@ -201,6 +201,8 @@ class DetectorConfig:
             raise KwsError("false alarms per hour must not be negative")
         if self.hop_ms <= 0 or self.smoothing < 0 or self.patience < 0 or self.refractory < 0:
             raise KwsError("hop must be positive; smoothing, patience and refractory not negative")
+        if self.patience >= 1.0:  # a run gives its event after 1 s (stream.MAX_RUN_SECONDS)
+            raise KwsError(f"patience must be under 1 s, not {self.patience}")
 
 
 @dataclasses.dataclass

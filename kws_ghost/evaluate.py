@@ -83,13 +83,14 @@ def classification_report(
 
 def evaluate_model(
     model_path: str | os.PathLike[str],
-    data_dir: str | os.PathLike[str],
+    data_dir: Optional[str | os.PathLike[str]] = None,
     split: str = "testing",
     batch_size: int = 256,
     progress: bool = False,
     warn: Optional[Callable[[str], None]] = None,
 ) -> dict[str, Any]:
-    """Score a model file (``.pt`` or ``.onnx``) on a split of a corpus."""
+    """Score a model file (``.pt`` or ``.onnx``) on a split of a corpus (default: the corpus it
+    was trained on, where it still is)."""
     from tqdm import tqdm
 
     from kws_ghost.data import (
@@ -104,6 +105,13 @@ def evaluate_model(
     warn = warn or (lambda message: print(message, file=sys.stderr))
     split = canonical_split(split)
     runtime = load_model(model_path)
+    if data_dir is None:
+        data_dir = runtime.corpus()
+        if data_dir is None:
+            raise KwsError(
+                f"--data is required: {model_path} does not record a corpus that exists here "
+                "(give the Speech Commands-layout folder to score it on)"
+            )
     fe = runtime.frontend_config
     train = runtime.train_config
     corpus = scan_corpus(data_dir)
@@ -177,7 +185,7 @@ def plot_confusion(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kws_ghost.fileio import atomic_path
+    from kws_ghost.fileio import PNG_METADATA, atomic_path
 
     labels = report["labels"]
     confusion = np.asarray(report["confusion"], dtype=float)
@@ -200,5 +208,5 @@ def plot_confusion(
     ax.set_title(title or f"accuracy {report['accuracy']:.3f} ({report['count']} clips)")
     fig.tight_layout()
     with atomic_path(Path(path), suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+        fig.savefig(tmp, dpi=120, format="png", metadata=PNG_METADATA)
     plt.close(fig)

@@ -154,7 +154,7 @@ def plot_file(path: Path, png: Path, config: Any) -> None:
     from matplotlib.figure import Figure
 
     from kws_ghost.audio import iter_audio_blocks
-    from kws_ghost.fileio import atomic_path
+    from kws_ghost.fileio import PNG_METADATA, atomic_path
     from kws_ghost.frontend import features_from_power, frame_times, power_spectrogram
 
     limit = int(PLOT_MAX_SECONDS * config.sample_rate)
@@ -248,4 +248,4 @@ def plot_file(path: Path, png: Path, config: Any) -> None:
     for ax in (ax_wave, ax_spec):
         ax.tick_params(labelbottom=False)
     with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
+        fig.savefig(tmp, format="png", bbox_inches="tight", metadata=PNG_METADATA)

@@ -24,6 +24,8 @@ from kws_ghost.errors import KwsError
 
 _FULL_DISK = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Plots carry this in their PNG "Software" text chunk: --plot replaces only a PNG that says so.
+PNG_METADATA = {"Software": "kws-ghost"}
 
 
 # ------------------------------------------------------------------------------------- errors
@@ -117,14 +119,6 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
         handle.write("\n")
 
 
-def append_jsonl(path: str | os.PathLike[str], obj: Any) -> None:
-    """Append one JSON object as a line (appends of one short line are effectively atomic)."""
-    with open(path, "a") as handle:
-        handle.write(json.dumps(obj) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 # ------------------------------------------------------------------------- inputs and outputs
 
 
@@ -166,17 +160,36 @@ def check_png_output(path: str | os.PathLike[str], option: str = "--plot") -> Pa
         raise KwsError(f"{option} {target} is a folder; give a file name such as {target}/plot.png")
     if target.exists():
         try:
-            with open(target, "rb") as handle:
-                is_png = handle.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+            data = target.read_bytes()
         except OSError as exc:
             raise KwsError(f"{option} {target}: cannot read it ({exc.strerror or exc})") from None
-        if not is_png:
+        if data[: len(PNG_SIGNATURE)] != PNG_SIGNATURE:
             raise KwsError(
                 f"{option} {target} exists and is not a PNG image; it is left as it is: "
                 "choose another file name"
             )
+        if _png_software(data) != PNG_METADATA["Software"]:
+            raise KwsError(
+                f"{option} {target} exists and is not a plot kws-ghost wrote; it is left as it "
+                "is: choose another file name"
+            )
     check_output_parent(target, option)
     return target
+
+
+def _png_software(data: bytes) -> Optional[str]:
+    """The "Software" tEXt chunk of PNG bytes (None when there is none)."""
+    position = len(PNG_SIGNATURE)
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        kind = data[position + 4 : position + 8]
+        body = data[position + 8 : position + 8 + length]
+        if kind == b"tEXt" and body.startswith(b"Software\x00"):
+            return body[len(b"Software\x00") :].decode("latin-1")
+        if kind == b"IEND":
+            break
+        position += 12 + length
+    return None
 
 
 # ------------------------------------------------------------------ folders this tool wrote

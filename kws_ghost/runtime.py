@@ -90,6 +90,12 @@ class KeywordRuntime:
         forever; clip-trained models (mean/last pooling) only score windows from a zero state."""
         return self.model_config.pooling == "max"
 
+    def corpus(self) -> Optional[Path]:
+        """The corpus the model was trained on, where it still is (None: unknown or gone)."""
+        from kws_ghost.checkpoint import stored_data_path
+
+        return stored_data_path(self.train_config, self.path)
+
     def initial_state(self, batch: int = 1) -> np.ndarray:
         raise NotImplementedError
 
@@ -145,17 +151,18 @@ class TorchRuntime(KeywordRuntime):
         )
 
     def initial_state(self, batch: int = 1) -> np.ndarray:
-        return self.model.initial_state(batch).numpy()
+        return self.model.initial_state(batch).cpu().numpy()
 
     def run(self, frames: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
+        device = self.model.feature_mean.device  # where the model lives (a GPU in training)
         with torch.inference_mode():
             logits, new_state = self.model(
-                torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)),
-                torch.from_numpy(np.ascontiguousarray(state, dtype=np.float32)),
+                torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).to(device),
+                torch.from_numpy(np.ascontiguousarray(state, dtype=np.float32)).to(device),
             )
-        return logits.numpy(), new_state.numpy()
+        return logits.float().cpu().numpy(), new_state.float().cpu().numpy()
 
 
 class OnnxRuntime(KeywordRuntime):
@@ -307,9 +314,12 @@ class SegmentScorer:
         if self.pending_frames < self.block:
             return np.zeros((0, len(self.runtime.labels)), np.float32)
         joined = np.concatenate(self.pending)
-        self.pending = [joined[self.block :]]
+        whole = len(joined) // self.block * self.block  # every full block (a long push has many)
+        self.pending = [joined[whole:]]
         self.pending_frames = len(self.pending[0])
-        return self._score(joined[: self.block])
+        return np.concatenate(
+            [self._score(joined[i : i + self.block]) for i in range(0, whole, self.block)]
+        )
 
     def flush(self) -> np.ndarray:
         """The logits of every frame still waiting."""

@@ -45,10 +45,10 @@ def frames_ending_in(config: FrontendConfig, first: int, last: int, frames: int)
 
 class SequenceDataset:
     """Training sequences made of a split's items: ``dataset[(epoch, i)]`` is
-    ``(audio [samples] float32, frame targets [frames] int64, regions [words, 3] int64, failed
-    [words] int64)``: each region a keyword's (first frame, last frame, label), rows of -1 where
-    an item is no keyword; ``failed`` the indices of items whose clip could not be read (laid as
-    silence), else -1.
+    ``(audio [samples] float32, frame targets [frames] int64, regions [words + distractors, 3]
+    int64, failed [words] int64)``: each region a keyword's (first frame, last frame, label),
+    rows of -1 where a piece is no keyword; ``failed`` the indices of items whose clip could not
+    be read (laid as silence), else -1.
     """
 
     def __init__(
@@ -72,6 +72,12 @@ class SequenceDataset:
         self.keyword = {i for i, label in enumerate(self.labels) if label not in (SILENCE, UNKNOWN)}
         self.samples = int(round(config.seconds * frontend.sample_rate))
         self.frames = frontend.num_frames(self.samples)
+        words = config.words + config.distractors
+        if words * clips.clip_samples > self.samples:
+            raise KwsError(
+                f"{words} words of up to {frontend.clip_seconds:g} s do not fit in a "
+                f"{config.seconds:g} s sequence (--sequence-seconds)"
+            )
         self._order: Optional[tuple[int, np.ndarray]] = None
 
     def __len__(self) -> int:

@@ -17,13 +17,12 @@ Three stages, each usable alone:
 A streaming model fires as it hears the end of the word, so an event is given out when its run
 of high scores ends (typically 0.1-0.3 s after the word). Its span is the word's speech: the loud
 stretch (mean log-mel level above the midpoint between the floor and the peak of the last
-couple of seconds) that ends nearest the moment the model fired.
+couple of seconds) that overlaps most the half second before the model fired.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
 from typing import Any, Optional
 
 import numpy as np
@@ -108,12 +107,27 @@ class WindowScorer:
         return np.zeros((0, len(self.runtime.labels)), np.float32)
 
 
+def default_scorer(runtime: KeywordRuntime, live: bool) -> str:
+    """The scorer for a stream: the strict ``stream`` for live audio, ``segments`` for a file
+    (the same posteriors, batched), ``window`` for a model trained on isolated clips."""
+    if not runtime.streaming:
+        return "window"
+    return "stream" if live else "segments"
+
+
 def make_scorer(runtime: KeywordRuntime, kind: str, hop_ms: float = 100.0) -> Any:
-    """A scorer for ``kind`` (see the module notes); ``auto``: ``stream`` for models trained on
-    streams, ``window`` for clip-trained ones."""
+    """A scorer for ``kind`` (see the module notes); ``auto``: ``default_scorer`` of a live
+    stream (``stream``, or ``window`` for clip-trained models)."""
     if kind == "auto":
-        kind = "stream" if runtime.streaming else "window"
+        kind = default_scorer(runtime, live=True)
+    if kind not in SCORERS:
+        raise KwsError(f"unknown scorer {kind!r}: use {', '.join(SCORERS)}")
     if kind == "window":
+        if runtime.streaming:
+            raise KwsError(
+                f"{runtime.path} is a streaming model: its clip scores are decisions, not "
+                "posteriors to rescore windows with; use --scorer stream or segments"
+            )
         return WindowScorer(runtime, hop_ms)
     if not runtime.streaming:
         raise KwsError(
@@ -125,9 +139,7 @@ def make_scorer(runtime: KeywordRuntime, kind: str, hop_ms: float = 100.0) -> An
         return SegmentScorer(
             runtime, int(round(SEGMENT_SECONDS * fps)), int(round(WARMUP_SECONDS * fps))
         )
-    if kind == "stream":
-        return FrameScorer(runtime)
-    raise KwsError(f"unknown scorer {kind!r}: use {', '.join(SCORERS)}")
+    return FrameScorer(runtime)
 
 
 class EventDecoder:
@@ -199,6 +211,8 @@ class EventDecoder:
     def push_smoothed(self, scores: np.ndarray, levels: Optional[np.ndarray] = None) -> list[Event]:
         """``push`` for scores ``smooth`` gave (a DET replays one smoothing at many thresholds)."""
         n = len(scores)
+        if n == 0:
+            return []
         best = scores.max(axis=1)
         self.top_score = max(self.top_score, float(best.max()))
         levels = np.full(n, np.nan, np.float32) if levels is None else levels
@@ -375,19 +389,6 @@ class KeywordDetector:
 
     def flush(self) -> list[Event]:
         return self.decoder.push(*self.flush_posteriors()) + self.decoder.flush()
-
-
-def detect_blocks(
-    blocks: Iterable[np.ndarray],
-    runtime: KeywordRuntime,
-    config: Optional[DetectorConfig] = None,
-    scorer: str = "auto",
-) -> Iterator[Event]:
-    """Events of a stream given as sample blocks, yielded as soon as they are decided."""
-    detector = KeywordDetector(runtime, config, scorer)
-    for block in blocks:
-        yield from detector.push(block)
-    yield from detector.flush()
 
 
 def decode(

@@ -86,11 +86,15 @@ def compose_recording(
     todo = [todo[i] for i in rng.permutation(len(todo))] if every_keyword else []
     words: list[tuple[int, np.ndarray, Optional[str], str]] = []  # (start, speech, keyword, path)
     queue: list[str] = []
-    unreadable: set[str] = set()
     limit = None if every_keyword else int(duration * sample_rate) - sample_rate // 2
     t = int(rng.uniform(*gap) * sample_rate)
+    if every_keyword and distractor_ratio >= 1:
+        raise KwsError("--every-keyword lays each keyword once: it needs --distractors below 1")
     while True:
-        if others and (not pool or rng.uniform() < distractor_ratio):
+        if every_keyword and not todo:
+            break
+        distractor = rng.uniform() < distractor_ratio or (not pool and not every_keyword)
+        if others and distractor:
             keyword, relpath = None, others[rng.integers(len(others))]
         elif every_keyword:
             if not todo:
@@ -104,7 +108,6 @@ def compose_recording(
         try:
             clip = fit_length(load_audio(corpus.root / relpath, sample_rate), sample_rate)
         except KwsError as exc:
-            unreadable.add(relpath)
             if warn is not None:
                 warn(f"warning: skipping an unreadable clip: {exc}")
             for clips in (others, *pool.values()):
@@ -160,8 +163,8 @@ def build_recording(
 
     audio, record = compose_recording(scan_corpus(data_dir), keywords, **options)
     record["wav"] = str(out_wav)
+    write_json(truth_path(out_wav), record)  # first: it is what says the WAV is ours
     write_wav(out_wav, audio, record["sample_rate"])
-    write_json(truth_path(out_wav), record)
     return record
 
 
@@ -169,6 +172,8 @@ def check_recording_output(wav: str | os.PathLike[str]) -> None:
     """make-stream replaces only a recording it wrote itself (its truth file says so)."""
     wav = Path(wav)
     truth = truth_path(wav)
+    if truth == wav:
+        raise KwsError(f"--out {wav}: the truth goes beside the recording as .json; name a .wav")
     for path in (wav, truth):
         if path.exists() and not _made_by_make_stream(truth, wav):
             raise KwsError(
@@ -302,11 +307,7 @@ def det_curve(
     from kws_ghost.stream import decode
 
     config = config or DetectorConfig()
-    words = [
-        e
-        for e in keywords.truth["events"]
-        if config.keywords is None or e["keyword"] in config.keywords
-    ]
+    words = counted_words(keywords.truth, config)
     thresholds = list(thresholds)
     found = decode(keywords.posteriors, keywords.levels, labels, config, frontend, thresholds)
     quiet = None
@@ -334,6 +335,13 @@ def det_curve(
     return points
 
 
+def counted_words(truth: dict[str, Any], config: DetectorConfig) -> list[dict[str, Any]]:
+    """The truth's keywords that count: those the detector listens for (``--keywords``)."""
+    return [
+        e for e in truth["events"] if config.keywords is None or e["keyword"] in config.keywords
+    ]
+
+
 def operating_point(det: list[dict[str, Any]], target: float) -> Optional[dict[str, Any]]:
     """The DET point with the highest hit rate at no more than ``target`` false alarms per hour
     (ties: fewer false alarms, then the higher threshold); None when no threshold is that quiet."""
@@ -349,7 +357,13 @@ def rate_at_hit_rate(det: list[dict[str, Any]], hit_rate: float) -> Optional[flo
     return min(reached) if reached else None
 
 
-def summarize(det: list[dict[str, Any]], target: float, words: int, hours: float) -> dict:
+def summarize(
+    det: list[dict[str, Any]],
+    target: float,
+    words: int,
+    hours: float,
+    config: Optional[DetectorConfig] = None,
+) -> dict:
     """What a model carries about its detection quality (``detection`` in a checkpoint)."""
     point = operating_point(det, target)
     return {
@@ -360,7 +374,7 @@ def summarize(det: list[dict[str, Any]], target: float, words: int, hours: float
         "keywords": words,
         "negative_hours": round(hours, 4),
         # the decision settings the curve holds for (thresholds mean something else with others)
-        "decoder": {name: getattr(DetectorConfig(), name) for name in DECODER_SETTINGS},
+        "decoder": {name: getattr(config or DetectorConfig(), name) for name in DECODER_SETTINGS},
         "det": [{k: p[k] for k in ("threshold", "hit_rate", "false_alarms_per_hour")} for p in det],
     }
 
@@ -397,7 +411,7 @@ def evaluate_recording(
         "negatives": str(negatives[0]) if negatives is not None else None,
         "duration": truth["duration"],
         "negative_hours": hours,
-        "keywords_in_recording": len(truth["events"]),
+        "keywords_in_recording": len(counted_words(truth, config)),
         "distractors": len(truth.get("distractors", [])),
         "target_fa_per_hour": target_fa_per_hour,
         "hit_rate_at_target": point["hit_rate"] if point else 0.0,
@@ -410,7 +424,15 @@ def evaluate_recording(
 class ValidationRecordings:
     """Recordings of validation speakers, built once per run, scored after every epoch: every
     validation keyword clip once among other words (the hit rate) and ``minutes`` of other words
-    and noise only (the false-alarm rate). Their features are computed once and kept."""
+    and noise only (the false-alarm rate; without other words in the split, the keyword
+    recording's own false alarms count). Their features are computed once and kept.
+    ``possible`` says whether a corpus's validation split can make them."""
+
+    @staticmethod
+    def possible(corpus: Corpus, labels: list[str]) -> bool:
+        return any(
+            corpus.clips(label, "validation") for label in labels if label not in (SILENCE, UNKNOWN)
+        )
 
     def __init__(
         self,
@@ -436,7 +458,8 @@ class ValidationRecordings:
         )
         self.keywords = {"features": compute_features(audio, frontend), "truth": truth}
         self.negatives = None
-        if any(w not in keywords for w in corpus.words) and minutes > 0:
+        others = [w for w in corpus.words if w not in keywords and corpus.clips(w, "validation")]
+        if others and minutes > 0:
             audio, truth = compose_recording(
                 corpus,
                 keywords,
@@ -480,7 +503,7 @@ def plot_det(result: dict[str, Any], path: str | os.PathLike[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kws_ghost.fileio import atomic_path
+    from kws_ghost.fileio import PNG_METADATA, atomic_path
 
     det = result["det"]
     fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -508,5 +531,5 @@ def plot_det(result: dict[str, Any], path: str | os.PathLike[str]) -> None:
     )
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+        fig.savefig(tmp, dpi=120, format="png", metadata=PNG_METADATA)
     plt.close(fig)

@@ -52,7 +52,7 @@ from kws_ghost.data import (
     spec_augment,
 )
 from kws_ghost.errors import KwsError
-from kws_ghost.fileio import atomic_open, write_json
+from kws_ghost.fileio import atomic_open, owned_by, write_json, write_marker
 from kws_ghost.sequences import IGNORE
 
 RUNS = Path("runs")
@@ -103,10 +103,13 @@ def default_run_dir(model_config: ModelConfig) -> Path:
 
 def point_latest(run_dir: Path) -> None:
     """Make ``runs/latest`` a symlink to ``run_dir`` (replaced atomically) when the run lives in
-    ``runs/``, where the default model lookup reads it; a run elsewhere leaves it alone."""
+    ``runs/``, where the default model lookup reads it; a run elsewhere leaves it alone, and so
+    does a ``runs/latest`` that is not our link to a run folder."""
     if run_dir.resolve().parent != RUNS.resolve():
         return
     latest = RUNS / "latest"
+    if latest.is_symlink() and latest.exists() and not owned_by(latest, RUN_MARKER):
+        return  # a link of the user's, to a folder that is not a run: never replace it
     if latest.exists() and not latest.is_symlink():
         return  # not ours: never replace it
     tmp = RUNS / f".latest.{os.getpid()}"
@@ -169,8 +172,10 @@ def build_data(
     frontend: FrontendConfig,
     labels: Optional[list[str]] = None,
     log: Callable[[str], None] = print,
+    recordings: bool = True,
 ) -> RunData:
-    """Index the corpus and build the training set and validation material of ``config``."""
+    """Index the corpus and build the training set and validation material of ``config``
+    (the validation recordings only with ``recordings``: rank 0 of many scores them)."""
     corpus = scan_corpus(config.data, warn=log)
     if labels is None:
         labels = resolve_labels(corpus, config.task, config.keywords, warn=log)
@@ -185,7 +190,7 @@ def build_data(
         log("note: the validation split is empty: best.pt will be the last epoch")
     clip, rate = frontend.clip_samples, frontend.sample_rate
     val_clips = ClipDataset(corpus, val_items, clip, rate, None, seed)
-    recordings = None
+    validation_recordings = None
     if config.objective == "stream":
         from kws_ghost.sequences import SequenceDataset
 
@@ -199,18 +204,27 @@ def build_data(
         train_set: Any = SequenceDataset(
             train_clips, labels, config.sequence, frontend, seed, others
         )
-        if val_items and any(label not in BACKGROUND for label in labels):
-            from kws_ghost.stream_eval import ValidationRecordings
+        from kws_ghost.stream_eval import ValidationRecordings
 
-            recordings = ValidationRecordings(
+        if recordings and ValidationRecordings.possible(corpus, labels):
+            validation_recordings = ValidationRecordings(
                 corpus, labels, frontend, config.val_recording_minutes, seed, log
             )
+        elif recordings and val_items:
+            log("note: no validation keyword clips: best.pt is chosen by clip accuracy")
     else:
         fragment = labels.index(UNKNOWN) if UNKNOWN in labels else None
         train_clips = ClipDataset(corpus, train_items, clip, rate, config.augment, seed, fragment)
         train_set = train_clips
     return RunData(
-        corpus, labels, train_items, val_items, train_set, train_clips, val_clips, recordings
+        corpus,
+        labels,
+        train_items,
+        val_items,
+        train_set,
+        train_clips,
+        val_clips,
+        validation_recordings,
     )
 
 
@@ -297,6 +311,11 @@ class Trainer:
         train_config.validate()
         if not train_config.data:
             raise KwsError("--data is required (a Speech Commands-layout folder)")
+        if train_config.objective == "stream" and model_config.pooling != "max":
+            raise KwsError(
+                f"--pooling {model_config.pooling} goes with --objective clip: a streaming "
+                "model's clips are scored by the streaming rule (--pooling max)"
+            )
         if checkpoint is None:  # the corpus as an absolute path: eval and analyze run anywhere
             absolute = str(Path(train_config.data).resolve())
             train_config = dataclasses.replace(train_config, data=absolute)
@@ -309,13 +328,14 @@ class Trainer:
         if not self.dist.is_main:
             self.log = lambda message: None
             self.progress = False
+        self.default_dir = run_dir is None  # a default name may be taken by a parallel run
         self.run_dir = Path(run_dir) if run_dir else default_run_dir(model_config)
         if self.dist.world_size > 1:
             self.run_dir = self._agree_on_run_dir(self.run_dir)
         if checkpoint is None:
             _check_new_run_dir(self.run_dir)
         labels = checkpoint.labels if checkpoint is not None else None
-        self.data = build_data(train_config, frontend_config, labels, self.log)
+        self.data = build_data(train_config, frontend_config, labels, self.log, self.dist.is_main)
         self.labels = self.data.labels
         if checkpoint is not None:
             from kws_ghost.models import build_model
@@ -341,6 +361,7 @@ class Trainer:
                 "--epochs sets it)"
             )
         self.optimizer, self.scheduler = build_optimizer(self.model, train_config, steps_per_epoch)
+        self.autocast, self.scaler = self._mixed_precision()
         self.ema: Any = None  # the weights' moving average, what validation and files hold
         if train_config.ema_decay > 0:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -389,13 +410,15 @@ class Trainer:
             checkpoint.extra.get("train_state"), dict
         ):
             raise KwsError(f"{last}: holds no training state to resume from")
+        if "objective" not in stored:  # runs of earlier versions trained on clips
+            stored = {**stored, "objective": "clip"}
         config = from_dict(TrainConfig, stored, f"{last}: train config")
         if data is not None:
             if Path(data).resolve() != Path(config.data).resolve():
                 (log or _stderr)(f"note: resuming on {data} (the run started on {config.data})")
             config.data = str(Path(data).resolve())
         else:
-            found = stored_data_path(checkpoint)
+            found = stored_data_path(stored, checkpoint.path)
             config.data = str(found) if found is not None else config.data
         if epochs is not None:
             config.epochs = epochs
@@ -431,6 +454,10 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.start_epoch = int(state["epoch"])
         self.history = list(state["history"])
         self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}")
@@ -480,7 +507,7 @@ class Trainer:
         self.state = None
         loader = self._loader(self.data.train_set, self.sampler, self.batch_size)
         generator = torch.Generator().manual_seed(self.config.seed * 1000003 + epoch)
-        autocast, scaler = self._mixed_precision()
+        autocast, scaler = self.autocast, self.scaler
         totals = {"loss": 0.0, "right": 0, "seen": 0}
         started = time.perf_counter()
         bar = tqdm(
@@ -556,6 +583,24 @@ class Trainer:
         right = int(stats["keywords_right"]) + int(stats["background_right"])
         seen = int(stats["keywords"]) + int(stats["background"])
         return loss, right, seen
+
+    def _reserve_run_dir(self) -> None:
+        """Make the run folder at the first checkpoint (a failed run leaves none), checked again:
+        another run may have taken a default name (it holds the time to the second) meanwhile,
+        and then this run takes the next free one."""
+        run_dir, suffix = self.run_dir, 1
+        while True:
+            try:
+                run_dir.mkdir(parents=True, exist_ok=not self.default_dir)
+                break
+            except FileExistsError:
+                suffix += 1
+                run_dir = self.run_dir.with_name(f"{self.run_dir.name}-{suffix}")
+        _check_new_run_dir(run_dir)
+        if run_dir != self.run_dir:
+            self.log(f"note: {self.run_dir} was taken meanwhile; this run is {run_dir}")
+            self.run_dir = run_dir
+        write_marker(run_dir, RUN_MARKER)
 
     @property
     def published_model(self) -> Any:
@@ -668,8 +713,7 @@ class Trainer:
 
         first = not (self.run_dir / "last.pt").exists()
         if first:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / RUN_MARKER).write_text("kws-ghost train run folder\n")
+            self._reserve_run_dir()
             write_json(self.run_dir / "config.json", self.config_record())
         common = {
             "train_config": to_dict(self.config),
@@ -682,6 +726,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "history": self.history,
         }
         fe, labels = self.frontend_config, self.labels

@@ -98,7 +98,7 @@ def test_refuse_overwriting_inputs(tmp_path):
     ):
         with pytest.raises(KwsError, match=f"same file as the input {source}"):
             fileio.refuse_overwriting_inputs([tmp_path / "new.onnx", same], [source])
-    fileio.refuse_overwriting_inputs([tmp_path / "m.onnx", tmp_path / "m.clip.onnx"], [source])
+    fileio.refuse_overwriting_inputs([tmp_path / "m.onnx", tmp_path / "m.json"], [source])
 
 
 def test_check_png_output(tmp_path):
@@ -107,8 +107,16 @@ def test_check_png_output(tmp_path):
     (tmp_path / "notes.png").write_text("my notes")
     with pytest.raises(KwsError, match="notes.png exists and is not a PNG image"):
         fileio.check_png_output(tmp_path / "notes.png", "--plot")
-    (tmp_path / "old.png").write_bytes(PNG)
-    assert fileio.check_png_output(tmp_path / "old.png") == tmp_path / "old.png"  # a plot: replace
+    (tmp_path / "photo.png").write_bytes(PNG)  # a PNG, but not a plot of ours
+    with pytest.raises(KwsError, match="photo.png exists and is not a plot kws-ghost wrote"):
+        fileio.check_png_output(tmp_path / "photo.png")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    Figure().savefig(tmp_path / "old.png", format="png", metadata=fileio.PNG_METADATA)
+    assert fileio.check_png_output(tmp_path / "old.png") == tmp_path / "old.png"  # ours: replace
     assert fileio.check_png_output(tmp_path / "new" / "x.PNG") == tmp_path / "new" / "x.PNG"
     (tmp_path / "dir.png").mkdir()
     with pytest.raises(KwsError, match="dir.png is a folder"):
@@ -227,9 +235,12 @@ def test_export_replaces_only_its_own_models(checkpoint, tmp_path):
     assert_one_line_error(result, "is not a kws-ghost ONNX model", str(mine))
     assert mine.read_bytes() == b"a user's file"
     ours = tmp_path / "ours.onnx"
-    for _ in range(2):  # the second export replaces the first
+    inodes = []
+    for _ in range(2):  # the second export replaces the first (a new file, renamed into place)
         result = CliRunner().invoke(main, ["export", str(checkpoint), "-o", str(ours)])
         assert result.exit_code == 0, result.output
+        inodes.append(ours.stat().st_ino)
+    assert inodes[0] != inodes[1]
 
 
 @pytest.mark.parametrize(

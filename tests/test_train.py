@@ -433,3 +433,27 @@ def test_eval_refuses_bad_checkpoints(trained_run, tmp_path, kind):
     assert result.returncode == 1
     assert expect in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_flags_that_do_not_go_together_are_one_line(tiny_corpus, tmp_path):
+    pooled = kws(
+        "train", "--data", tiny_corpus, *FAST, "--pooling", "mean", "--out", tmp_path / "a"
+    )
+    assert pooled.returncode == 1 and "goes with --objective clip" in pooled.stderr
+    assert pooled.stderr.count("\n") == 1 and not (tmp_path / "a").exists()
+    task = kws(
+        "train",
+        "--data",
+        tiny_corpus,
+        *FAST,
+        "--epochs",
+        "1",
+        "--task",
+        "gsc12",
+        "--keywords",
+        "yes,no",
+        "--out",
+        tmp_path / "b",
+    )
+    assert task.returncode == 0, task.stderr
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["train"]["task"] == "gsc12"

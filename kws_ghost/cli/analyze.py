@@ -52,7 +52,8 @@ def analyze(
         check_png_output(plot, "--plot")
         refuse_overwriting_inputs([plot], [checkpoint])
     if data is None:
-        found = stored_data_path(load_checkpoint(checkpoint))
+        loaded = load_checkpoint(checkpoint)
+        found = stored_data_path(loaded.extra.get("train_config") or {}, loaded.path)
         if found is None:
             raise KwsError(
                 f"--data is required: {checkpoint} does not record a corpus that exists here"

@@ -75,7 +75,7 @@ def detect(
     from kws_ghost.errors import KwsError
     from kws_ghost.progress import progress_enabled
     from kws_ghost.runtime import load_model
-    from kws_ghost.stream import KeywordDetector
+    from kws_ghost.stream import KeywordDetector, default_scorer
     from kws_ghost.threads import configure_threads
 
     runtime = load_model(find_default_model(model_path), configure_threads(threads, "stream"))
@@ -87,9 +87,9 @@ def detect(
     noted = quiet
     for name in files:
         live = name == "-"
-        kind = "stream" if live and scorer in ("auto", "segments") else scorer
-        if kind == "auto":
-            kind = "segments" if runtime.streaming else "window"
+        kind = default_scorer(runtime, live) if scorer == "auto" else scorer
+        if live and kind == "segments":
+            kind = "stream"  # live audio cannot wait for a block of segments
         detector = KeywordDetector(runtime, config, kind)
         if not noted:
             click.echo(_threshold_note(detector), err=True)
@@ -129,6 +129,8 @@ def detect(
 def _threshold_note(detector: Any) -> str:
     threshold, point = detector.config.threshold, detector.operating_point
     if point is None:
+        if (detector.runtime.detection or {}).get("det"):
+            return f"note: threshold {threshold:.3g}, below every threshold of the model's DET"
         return f"note: threshold {threshold:.3g} (the model carries no validation DET curve)"
     fa = point["false_alarms_per_hour"]
     note = (

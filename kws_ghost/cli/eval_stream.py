@@ -156,7 +156,9 @@ def eval_stream(
     negative = (negatives, load_truth(truth_path(negatives))) if negatives else None
     runtime = load_model(find_default_model(model_path), configure_threads(threads, "stream"))
     if scorer == "auto":
-        scorer = "segments" if runtime.streaming else "window"
+        from kws_ghost.stream import default_scorer
+
+        scorer = default_scorer(runtime, live=False)
     result = evaluate_recording(
         runtime,
         recording,

@@ -41,7 +41,6 @@ def evaluate(
 
     MODEL is a checkpoint or an exported .onnx model (run by onnxruntime, without torch).
     """
-    from kws_ghost.errors import KwsError
     from kws_ghost.evaluate import evaluate_model, format_report, plot_confusion
     from kws_ghost.fileio import check_png_output
     from kws_ghost.progress import progress_enabled
@@ -50,13 +49,6 @@ def evaluate(
     if plot:
         check_png_output(plot)
     configure_threads(threads, "batch")
-    if data is None:
-        data = _recorded_corpus(model_path)
-        if data is None:
-            raise KwsError(
-                f"--data is required: {model_path} does not record a corpus that exists here "
-                "(give the Speech Commands-layout folder to score it on)"
-            )
     report = evaluate_model(
         model_path,
         data,
@@ -75,18 +67,3 @@ def evaluate(
         click.echo(format_report(report))
         if plot:
             click.echo(f"confusion matrix: {plot}")
-
-
-def _recorded_corpus(model_path: str) -> Optional[str]:
-    """The corpus the model was trained on, where it still exists (None: unknown or gone)."""
-    from pathlib import Path
-
-    if model_path.endswith(".onnx"):
-        from kws_ghost.runtime import load_model
-
-        stored = load_model(model_path).train_config.get("data")
-        return stored if stored and Path(stored).is_dir() else None
-    from kws_ghost.checkpoint import load_checkpoint, stored_data_path
-
-    found = stored_data_path(load_checkpoint(model_path))
-    return str(found) if found is not None else None

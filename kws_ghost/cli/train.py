@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Optional
 
@@ -100,15 +101,19 @@ def train(
             **run_time,
         )
     else:
+        task_given = "--task" in given(TrainConfig, options)  # before config_from pops them
         model = config_from(ModelConfig, options)
         augment = config_from(AugmentConfig, options)
-        if no_augment:
-            augment = AugmentConfig(0, 0, 0, 0, 0, 0, 0, 0)
         sequence = config_from(SequenceConfig, options)
+        if no_augment:  # every augmentation off; distractor words are data, and stay
+            augment = AugmentConfig(0, 0, 0, 0, 0, 0, 0, 0)
+            sequence = dataclasses.replace(
+                sequence, trim_prob=0.0, gain_db=0.0, noise_prob=0.0, reverb_prob=0.0
+            )
         config = config_from(TrainConfig, options, augment=augment, sequence=sequence)
         if not config.data:
             raise KwsError("--data is required (a Speech Commands-layout folder)")
-        if config.keywords and "--task" not in given(TrainConfig, options):
+        if config.keywords and not task_given:
             config.task = "custom"
         trainer = Trainer(
             config,
