@@ -48,12 +48,16 @@ def model_flags() -> dict[str, list[str]]:
 def train_and_eval(name: str, flags: list[str], seed: int, data: Path, runs: Path) -> dict:
     out = runs / f"{name.replace(' ', '-')}-s{seed}"
     base = [sys.executable, "-m", "kws_ghost"]
-    if not (out / "best.pt").exists() or not (out / "metrics.jsonl").exists():
+    # A run with a checkpoint is resumed: an interrupted one continues, a finished one returns.
+    if (out / "last.pt").exists():
+        command = [*base, "train", "--resume", "--out", str(out)]
+    else:
         command = [*base, "train", "--data", str(data), *flags, "--seed", str(seed)]
-        command += ["--out", str(out), "--threads", "1", "--workers", "1", "--quiet"]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"{name} seed {seed}: {done.stderr[-800:]}")
+        command += ["--out", str(out)]
+    command += ["--threads", "1", "--workers", "1", "--quiet"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{name} seed {seed}: {done.stderr[-800:]}")
     evaluated = subprocess.run(
         [*base, "eval", str(out / "best.pt"), "--data", str(data), "--json", "--quiet"],
         capture_output=True,

@@ -311,11 +311,12 @@ def test_an_export_that_disagrees_with_pytorch_is_refused(tmp_path, monkeypatch)
         module.head_bias.add_(1e-2)  # a wrong graph: logits off by 0.01
         return module
 
+    export_model(make_model(), FRONTEND, LABELS, tmp_path / "keep.onnx")  # an earlier good export
+    old = (tmp_path / "keep.onnx").read_bytes()
     monkeypatch.setattr(exporter, "step_module", broken)
-    (tmp_path / "keep.onnx").write_bytes(b"old")
     with pytest.raises(KwsError, match="export check failed.*differ by 0.01"):
         export_model(make_model(), FRONTEND, LABELS, tmp_path / "keep.onnx")
-    assert (tmp_path / "keep.onnx").read_bytes() == b"old"  # nothing written
+    assert (tmp_path / "keep.onnx").read_bytes() == old  # nothing written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.onnx"]  # no temporary left
 
 
