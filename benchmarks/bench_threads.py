@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 from kws_ghost.stream_eval import build_recording
 from kws_ghost.synth import synthesize_corpus
@@ -37,12 +38,18 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def alone_and_busy(command: list[str]) -> dict:
-    alone = timed(command)
+def alone_and_busy(command: list[str], out: Optional[Path] = None) -> dict:
+    """``command`` alone, then beside the competitor; with ``out``, each run writes its own
+    ``--out`` folder below it."""
+
+    def line(tag: str) -> list[str]:
+        return command if out is None else [*command, "--out", str(out / tag)]
+
+    alone = timed(line("alone"))
     competitor = subprocess.Popen(BUSY)
     try:
         time.sleep(0.5)  # let it take its core
-        busy = timed(command)
+        busy = timed(line("busy"))
     finally:
         competitor.kill()
         competitor.wait()
@@ -78,8 +85,8 @@ def main() -> None:
         for name, command in (("train", train), ("detect", detect)):
             runs = {}
             for setting, extra in (("before", ["--threads", str(cores)]), ("after", [])):
-                out = [] if name == "detect" else ["--out", str(root / f"{setting}-{time.time()}")]
-                runs[setting] = alone_and_busy([*command, *extra, *out])
+                out = None if name == "detect" else root / setting
+                runs[setting] = alone_and_busy([*command, *extra], out)
             result[name] = runs
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = args.out.with_suffix(".json.tmp")
