@@ -45,8 +45,14 @@ def model_flags() -> dict[str, list[str]]:
     }
 
 
-def train_and_eval(name: str, flags: list[str], seed: int, data: Path, runs: Path) -> dict:
-    out = runs / f"{name.replace(' ', '-')}-s{seed}"
+def run_name(name: str, seed: int) -> str:
+    return f"{name.replace(' ', '-')}-s{seed}"
+
+
+def train_and_eval(
+    name: str, flags: list[str], seed: int, data: Path, runs: Path, train: bool = True
+) -> dict:
+    out = runs / run_name(name, seed)
     base = [sys.executable, "-m", "kws_ghost"]
     # A run with a checkpoint is resumed: an interrupted one continues, a finished one returns.
     if (out / "last.pt").exists():
@@ -55,8 +61,8 @@ def train_and_eval(name: str, flags: list[str], seed: int, data: Path, runs: Pat
         command = [*base, "train", "--data", str(data), *flags, "--seed", str(seed)]
         command += ["--out", str(out)]
     command += ["--threads", "1", "--workers", "1", "--quiet"]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
+    done = subprocess.run(command, capture_output=True, text=True) if train else None
+    if done is not None and done.returncode != 0:
         raise SystemExit(f"{name} seed {seed}: {done.stderr[-800:]}")
     evaluated = subprocess.run(
         [*base, "eval", str(out / "best.pt"), "--data", str(data), "--json", "--quiet"],
@@ -104,13 +110,29 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("data/bench-accuracy"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/accuracy.json"))
     parser.add_argument("--only", nargs="*", help="Model names to run (default: all).")
+    parser.add_argument(
+        "--existing",
+        action="store_true",
+        help="Report only the runs already under --runs (evaluated again; nothing trained).",
+    )
     args = parser.parse_args()
     flags = model_flags()
     names = args.only or list(flags)
     jobs = [(n, s) for s in args.seeds for n in names]
+    if args.existing:
+        jobs = [(n, s) for n, s in jobs if (args.runs / run_name(n, s) / "best.pt").exists()]
+        names = [n for n in names if any(n == name for name, _ in jobs)]
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         futures = [
-            pool.submit(train_and_eval, n, flags[n], s, args.data.resolve(), args.runs.resolve())
+            pool.submit(
+                train_and_eval,
+                n,
+                flags[n],
+                s,
+                args.data.resolve(),
+                args.runs.resolve(),
+                train=not args.existing,
+            )
             for n, s in jobs
         ]
         runs = [f.result() for f in futures]
