@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from kws_ghost.config import ModelConfig
+from kws_ghost.fileio import write_json
 from kws_ghost.profile import same_params_width
 
 CLIP_RECIPE = ["--objective", "clip", "--pooling", "mean", "--batch-size", "32", "--epochs", "40"]
@@ -54,16 +55,17 @@ def train_and_eval(
 ) -> dict:
     out = runs / run_name(name, seed)
     base = [sys.executable, "-m", "kws_ghost"]
-    # A run with a checkpoint is resumed: an interrupted one continues, a finished one returns.
-    if (out / "last.pt").exists():
-        command = [*base, "train", "--resume", "--out", str(out)]
-    else:
-        command = [*base, "train", "--data", str(data), *flags, "--seed", str(seed)]
-        command += ["--out", str(out)]
-    command += ["--threads", "1", "--workers", "1", "--quiet"]
-    done = subprocess.run(command, capture_output=True, text=True) if train else None
-    if done is not None and done.returncode != 0:
-        raise SystemExit(f"{name} seed {seed}: {done.stderr[-800:]}")
+    if train:
+        # A run with a checkpoint is resumed: an interrupted one continues, a finished one returns.
+        if (out / "last.pt").exists():
+            command = [*base, "train", "--resume", "--out", str(out)]
+        else:
+            command = [*base, "train", "--data", str(data), *flags, "--seed", str(seed)]
+            command += ["--out", str(out)]
+        command += ["--threads", "1", "--workers", "1", "--quiet"]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{name} seed {seed}: {done.stderr[-800:]}")
     evaluated = subprocess.run(
         [*base, "eval", str(out / "best.pt"), "--data", str(data), "--json", "--quiet"],
         capture_output=True,
@@ -166,10 +168,7 @@ def main() -> None:
         "summary": summary,
         "differences": differences,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.out)
+    write_json(args.out, result)
     print(json.dumps({"summary": summary, "differences": differences}, indent=1))
 
 

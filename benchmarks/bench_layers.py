@@ -32,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from kws_ghost.fileio import write_json  # noqa: E402
 from kws_ghost.layers import GhostRNN  # noqa: E402
 
 BATCH, FRAMES, INPUTS, WIDTH = 256, 100, 40, 128
@@ -179,8 +180,7 @@ def main() -> None:
             },
         }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     print(json.dumps(result, indent=2))
 
 

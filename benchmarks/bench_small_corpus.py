@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from kws_ghost.fileio import write_json
+
 
 def run(*args: str) -> str:
     result = subprocess.run(
@@ -81,10 +83,7 @@ def main() -> None:
             "n": len(accuracies),
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    tmp_out.replace(args.out)
+    write_json(args.out, result)
     print(json.dumps(result["test_accuracy"]))
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from kws_ghost.fileio import write_json
+
 
 def wall(command: list[str]) -> float:
     started = time.perf_counter()
@@ -66,10 +68,7 @@ def main() -> None:
         for name, t in times.items()
     }
     result["target_detect_onnx_s"] = 0.7
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    tmp_out.replace(args.out)
+    write_json(args.out, result)
     print(json.dumps({name: result[name]["median_s"] for name in times}))
 
 

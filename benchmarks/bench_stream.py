@@ -37,6 +37,7 @@ from pathlib import Path
 from kws_ghost.audio import iter_audio_blocks
 from kws_ghost.config import DetectorConfig
 from kws_ghost.data import scan_corpus
+from kws_ghost.fileio import write_json
 from kws_ghost.runtime import load_model
 from kws_ghost.stream import KeywordDetector
 from kws_ghost.stream_eval import (
@@ -236,13 +237,6 @@ def summary(results: list[dict]) -> dict:
     }
 
 
-def write_json(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stream-models", nargs="+", type=Path, required=True)
@@ -255,17 +249,15 @@ def main() -> None:
         "--speed-only", action="store_true", help="rerun the speed part only, into --out's file"
     )
     args = parser.parse_args()
+    keywords = load_model(args.stream_models[0]).keyword_labels
+    scan_corpus(args.data)
+    paths = recordings(args.data, args.work, keywords)
     if args.speed_only:
-        keywords = load_model(args.stream_models[0]).keyword_labels
         result = json.loads(args.out.read_text())
-        paths = recordings(args.data, args.work, keywords)
         result["speed"] = speed(args.stream_models[0], args.window_models[0], paths)
         write_json(args.out, result)
         print(json.dumps(result["speed"], indent=1))
         return
-    keywords = load_model(args.stream_models[0]).keyword_labels
-    scan_corpus(args.data)
-    paths = recordings(args.data, args.work, keywords)
     stream = [quality(m, paths, "segments") for m in args.stream_models]
     window = [quality(m, paths, "window") for m in args.window_models]
     clip_streamed = [quality(m, paths, "segments", force=True) for m in args.window_models]

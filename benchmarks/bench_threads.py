@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from kws_ghost.fileio import write_json
 from kws_ghost.stream_eval import build_recording
 from kws_ghost.synth import synthesize_corpus
 from kws_ghost.threads import available_cores
@@ -88,10 +89,7 @@ def main() -> None:
                 out = None if name == "detect" else root / setting
                 runs[setting] = alone_and_busy([*command, *extra], out)
             result[name] = runs
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    tmp_out.replace(args.out)
+    write_json(args.out, result)
     print(json.dumps(result, indent=1))
 
 

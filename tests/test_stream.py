@@ -488,38 +488,13 @@ def test_detect_with_an_onnx_model_never_imports_torch(exported, test_recording)
 
 
 def test_make_stream_every_keyword_needs_keywords_among_the_words(tmp_path, tiny_corpus):
-    result = kws(
-        "make-stream",
-        "--data",
-        tiny_corpus,
-        "--out",
-        tmp_path / "s.wav",
-        "--keywords",
-        "yes",
-        "--every-keyword",
-        "--distractors",
-        "1",
-        "--split",
-        "training",
-    )
+    make_stream = ("make-stream", "--data", tiny_corpus, "--keywords", "yes")
+    every_keyword = (*make_stream, "--out", tmp_path / "s.wav", "--every-keyword")
+    result = kws(*every_keyword, "--distractors", "1", "--split", "training")
     assert result.returncode == 1 and "needs --distractors below 1" in result.stderr
-    named_json = kws(
-        "make-stream", "--data", tiny_corpus, "--out", tmp_path / "s.json", "--keywords", "yes"
-    )
+    named_json = kws(*make_stream, "--out", tmp_path / "s.json")
     assert named_json.returncode == 1 and "name a .wav" in named_json.stderr
-    made = kws(
-        "make-stream",
-        "--data",
-        tiny_corpus,
-        "--out",
-        tmp_path / "s.wav",
-        "--keywords",
-        "yes",
-        "--every-keyword",
-        "--split",
-        "training",
-        "--json",
-    )
+    made = kws(*every_keyword, "--split", "training", "--json")
     assert made.returncode == 0, made.stderr
     record = json.loads(made.stdout)
     assert len(record["events"]) == len(list((tiny_corpus / "yes").glob("spk0000[0-3]*.wav")))
