@@ -20,7 +20,6 @@ import hashlib
 import math
 import os
 import re
-import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from kws_ghost.config import TASKS, AugmentConfig
-from kws_ghost.errors import KwsError
+from kws_ghost.errors import KwsError, print_stderr
 
 SILENCE = "_silence_"
 UNKNOWN = "_unknown_"
@@ -96,7 +95,7 @@ def _read_list(path: Path) -> set[str]:
 
 def scan_corpus(root: str | os.PathLike[str], warn: Callable[[str], None] | None = None) -> Corpus:
     """Index a corpus folder; a clear error when it is not one."""
-    warn = warn or _stderr
+    warn = warn or print_stderr
     root = Path(root)
     if not root.exists():
         raise KwsError(f"{root}: no such data folder (get one with `kws-ghost download` or synth)")
@@ -136,7 +135,7 @@ def resolve_labels(
     warn: Callable[[str], None] | None = None,
 ) -> list[str]:
     """The label list for a task, dropping classes the corpus has no data for (with a note)."""
-    warn = warn or _stderr
+    warn = warn or print_stderr
     if task not in TASKS:
         raise KwsError(f"unknown task {task!r}: use {', '.join(TASKS)}")
     if task == "gsc35":
@@ -437,7 +436,3 @@ class EpochSampler:
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for i in self._order():
             yield (self.epoch, int(i))
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)

@@ -9,14 +9,13 @@ silence sampling); an unreadable clip is skipped with a warning that names it.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 
-from kws_ghost.errors import KwsError
+from kws_ghost.errors import KwsError, print_stderr
 
 
 def clip_predictions(
@@ -102,7 +101,7 @@ def evaluate_model(
     )
     from kws_ghost.runtime import load_model
 
-    warn = warn or (lambda message: print(message, file=sys.stderr))
+    warn = warn or print_stderr
     split = canonical_split(split)
     runtime = load_model(model_path)
     if data_dir is None:

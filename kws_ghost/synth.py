@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -32,7 +31,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from kws_ghost.errors import KwsError
+from kws_ghost.errors import KwsError, print_stderr
 from kws_ghost.fileio import check_replaceable, disk_error, make_work_folder, replace_folder
 from kws_ghost.progress import progress_enabled
 
@@ -320,10 +319,6 @@ class Speaker:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)
 
 
 def _speaker_id(seed: int, index: int, attempt: int) -> str:
@@ -739,7 +734,7 @@ def synthesize_corpus(
     tmp = _prepare_out(out_path, force)
     try:
         if empty:
-            (warn or _stderr)(
+            (warn or print_stderr)(
                 f"warning: --voices {voices} leaves {' and '.join(empty)} without speakers "
                 "(held-out splits need 3 or more voices): every clip goes to training"
             )

@@ -51,7 +51,7 @@ from kws_ghost.data import (
     scan_corpus,
     spec_augment,
 )
-from kws_ghost.errors import KwsError
+from kws_ghost.errors import KwsError, print_stderr
 from kws_ghost.fileio import atomic_open, owned_by, write_json, write_marker
 from kws_ghost.sequences import IGNORE
 
@@ -322,7 +322,7 @@ class Trainer:
         self.config = train_config
         self.frontend_config = frontend_config
         self.progress = progress
-        self.log = log or (lambda message: print(message, file=sys.stderr))
+        self.log = log or print_stderr
         self.device = pick_device(train_config.device, int(os.environ.get("LOCAL_RANK", "0")))
         self.dist = init_distributed(self.device.type)
         if not self.dist.is_main:
@@ -415,7 +415,8 @@ class Trainer:
         config = from_dict(TrainConfig, stored, f"{last}: train config")
         if data is not None:
             if Path(data).resolve() != Path(config.data).resolve():
-                (log or _stderr)(f"note: resuming on {data} (the run started on {config.data})")
+                note = f"note: resuming on {data} (the run started on {config.data})"
+                (log or print_stderr)(note)
             config.data = str(Path(data).resolve())
         else:
             found = stored_data_path(stored, checkpoint.path)
@@ -795,7 +796,3 @@ def _worker_init(worker_id: int) -> None:
     import torch
 
     torch.set_num_threads(1)  # data workers decode audio; leave the cores to the model
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)
