@@ -3,7 +3,7 @@
 Every failure a user can cause (missing file, folder, empty or truncated file, not audio, NaN or
 infinite samples) becomes a one-line ``KwsError`` naming the file. Long files are read in blocks
 (``iter_audio_blocks``) with a streaming resampler, so memory stays bounded whatever the length;
-raw PCM from a pipe is read as it arrives (``iter_pcm16``).
+audio from a pipe is ``kws_ghost.pipe_audio``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -122,7 +122,7 @@ def _sample_bytes(subtype: str) -> int:
     }.get(subtype, 2)
 
 
-def _to_mono(block: np.ndarray) -> np.ndarray:
+def to_mono(block: np.ndarray) -> np.ndarray:
     """[frames, channels] -> [frames] float32 (mean of the channels)."""
     if block.ndim == 2:
         block = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32)
@@ -153,7 +153,7 @@ def _check_finite(path: Path, handle: Any, block: np.ndarray, start_frame: int) 
     )
 
 
-def _finish(block: np.ndarray) -> np.ndarray:
+def finish_block(block: np.ndarray) -> np.ndarray:
     # Float files may hold values past full scale and resampling can overshoot by a hair: clip so
     # every caller gets audio in [-1, 1].
     return np.clip(block, -1.0, 1.0, out=block)
@@ -194,11 +194,11 @@ def iter_audio_blocks(
             _check_finite(path, handle, block, total)
             total += len(block)
             last = len(block) < block_frames
-            mono = _to_mono(block)
+            mono = to_mono(block)
             if resampler is not None:
                 mono = resampler.resample_chunk(mono, last=last)
             if len(mono):
-                yield _finish(mono)
+                yield finish_block(mono)
             if last:
                 break
         if total == 0:
@@ -233,31 +233,6 @@ def audio_info(path: PathLike) -> dict[str, Any]:
             "format": handle.format,
             "subtype": handle.subtype,
         }
-
-
-def iter_pcm16(stream: BinaryIO, block_samples: int = 1600) -> Iterator[np.ndarray]:
-    """Raw 16-bit little-endian mono PCM from ``stream`` (e.g. stdin) as float32 blocks.
-
-    Yields whatever whole samples have arrived, up to ``block_samples`` at a time, without waiting
-    for a full block (``read1`` does at most one read of the underlying pipe), so a live source
-    is processed with little latency. An odd trailing byte is kept for the next read; one left at
-    the end of the stream is dropped. Scaling is 1/32768, the same as libsndfile's for PCM_16.
-    """
-    if block_samples < 1:
-        raise ValueError("block_samples must be positive")
-    read = getattr(stream, "read1", None) or stream.read
-    want = 2 * block_samples
-    carry = b""
-    while True:
-        data = read(want - len(carry))
-        if not data:
-            return
-        data = carry + data
-        whole = len(data) - (len(data) & 1)
-        carry = data[whole:]
-        if whole:
-            samples = np.frombuffer(data[:whole], dtype="<i2")
-            yield samples.astype(np.float32) / np.float32(32768.0)
 
 
 def write_wav(path: PathLike, audio: np.ndarray, sample_rate: int = 16000) -> None:

@@ -194,7 +194,13 @@ class DetectorConfig:
     keywords: Optional[list[str]] = setting(None, "Only these keywords (comma-separated).")
     hop_ms: float = setting(100.0, "Window scorer only: rescore the 1 s window this often.")
 
+    def at(self, threshold: float) -> DetectorConfig:
+        """These settings with ``threshold`` fixed (a false-alarm rate already resolved to it)."""
+        return dataclasses.replace(self, threshold=threshold, false_alarms_per_hour=None)
+
     def validate(self) -> None:
+        if self.threshold is not None and self.false_alarms_per_hour is not None:
+            raise KwsError("give a threshold or a false-alarm rate, not both")
         if self.threshold is not None and not 0 < self.threshold <= 1:
             raise KwsError(f"threshold must be in (0, 1], not {self.threshold}")
         if self.false_alarms_per_hour is not None and self.false_alarms_per_hour < 0:

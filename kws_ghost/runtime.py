@@ -264,7 +264,11 @@ def load_model(path: str | os.PathLike[str], threads: int = 1) -> KeywordRuntime
 
 
 class FrameScorer:
-    """Exact streaming: frames in, frame logits out, the state carried from push to push."""
+    """Exact streaming: frames in, frame logits out, the state carried from push to push.
+
+    One step per frame, whatever the push holds: a multi-frame call would run the input
+    projections as one matrix product, whose rounding depends on how many frames share it, and
+    a stream must score the same however its audio was chunked."""
 
     def __init__(self, runtime: KeywordRuntime) -> None:
         self.runtime = runtime
@@ -272,10 +276,11 @@ class FrameScorer:
 
     def push(self, frames: np.ndarray) -> np.ndarray:
         """frames [n, F] -> logits [n, C]."""
-        if len(frames) == 0:
-            return np.zeros((0, len(self.runtime.labels)), np.float32)
-        logits, self.state = self.runtime.run(frames[None], self.state)
-        return logits[0]
+        logits = np.empty((len(frames), len(self.runtime.labels)), np.float32)
+        for t in range(len(frames)):
+            step, self.state = self.runtime.run(frames[None, t : t + 1], self.state)
+            logits[t] = step[0, 0]
+        return logits
 
     def flush(self) -> np.ndarray:
         return np.zeros((0, len(self.runtime.labels)), np.float32)

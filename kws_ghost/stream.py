@@ -92,9 +92,9 @@ class WindowScorer:
                 windows.append(self.ring[(np.arange(n) + self.frames_seen) % n])
                 rows.append(i)
         out = np.empty((len(frames), len(self.runtime.labels)), np.float32)
-        if windows:
-            scores = self.runtime.clip_logits(np.stack(windows))
-            probabilities = softmax(scores)
+        if windows:  # one window a call: a batch's rounding would depend on the push size
+            scores = [self.runtime.clip_logits(window[None]) for window in windows]
+            probabilities = softmax(np.concatenate(scores))
         position = 0
         for k, row in enumerate(rows + [len(frames)]):
             out[position:row] = self.current
@@ -107,19 +107,22 @@ class WindowScorer:
         return np.zeros((0, len(self.runtime.labels)), np.float32)
 
 
-def default_scorer(runtime: KeywordRuntime, live: bool) -> str:
-    """The scorer for a stream: the strict ``stream`` for live audio, ``segments`` for a file
-    (the same posteriors, batched), ``window`` for a model trained on isolated clips."""
-    if not runtime.streaming:
-        return "window"
-    return "stream" if live else "segments"
+def choose_scorer(runtime: KeywordRuntime, requested: str = "auto", live: bool = True) -> str:
+    """The scorer a stream runs: ``requested`` unless ``auto``; ``auto`` is the strict
+    ``stream`` for live audio, ``segments`` for a file (the same posteriors, batched), and
+    ``window`` for a model trained on isolated clips. Live audio never takes ``segments``: it
+    cannot wait for a block of them, so a request for it streams instead."""
+    if requested == "auto":
+        if not runtime.streaming:
+            return "window"
+        return "segments" if not live else "stream"
+    return "stream" if live and requested == "segments" else requested
 
 
 def make_scorer(runtime: KeywordRuntime, kind: str, hop_ms: float = 100.0) -> Any:
-    """A scorer for ``kind`` (see the module notes); ``auto``: ``default_scorer`` of a live
+    """A scorer for ``kind`` (see the module notes); ``auto``: ``choose_scorer`` of a live
     stream (``stream``, or ``window`` for clip-trained models)."""
-    if kind == "auto":
-        kind = default_scorer(runtime, live=True)
+    kind = choose_scorer(runtime, kind, live=True) if kind == "auto" else kind
     if kind not in SCORERS:
         raise KwsError(f"unknown scorer {kind!r}: use {', '.join(SCORERS)}")
     if kind == "window":
@@ -204,8 +207,8 @@ class EventDecoder:
         ends = np.arange(len(self.tail), len(joined)) + 1
         starts = np.maximum(0, ends - self.width)
         smoothed = (sums[ends] - sums[starts]) / (ends - starts)[:, None]
-        if self.width > 1:
-            self.tail = joined[len(joined) - (self.width - 1) :]
+        if self.width > 1:  # the last width - 1 frames, however few this push brought
+            self.tail = joined[max(0, len(joined) - (self.width - 1)) :]
         return smoothed[:, self.active]
 
     def push_smoothed(self, scores: np.ndarray, levels: Optional[np.ndarray] = None) -> list[Event]:
@@ -357,7 +360,7 @@ class KeywordDetector:
     ) -> None:
         config = config or DetectorConfig()
         threshold, self.operating_point = resolve_threshold(runtime.detection, config)
-        self.config = dataclasses.replace(config, threshold=threshold)
+        self.config = config.at(threshold)
         self.runtime = runtime
         self.frontend = StreamingFrontend(runtime.frontend_config)
         self.scorer = make_scorer(runtime, scorer, config.hop_ms)
@@ -404,11 +407,9 @@ def decode(
     if thresholds is None:
         decoder = EventDecoder(labels, config, frontend)
         return decoder.push(posteriors, levels) + decoder.flush()
-    scores = EventDecoder(labels, dataclasses.replace(config, threshold=0.5), frontend).smooth(
-        posteriors
-    )
+    scores = EventDecoder(labels, config.at(0.5), frontend).smooth(posteriors)
     lists = []
     for threshold in thresholds:
-        decoder = EventDecoder(labels, dataclasses.replace(config, threshold=threshold), frontend)
+        decoder = EventDecoder(labels, config.at(threshold), frontend)
         lists.append(decoder.push_smoothed(scores, levels) + decoder.flush())
     return lists

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from kws_ghost.audio import audio_info, iter_audio_blocks, iter_pcm16, load_audio, write_wav
+from kws_ghost.audio import audio_info, iter_audio_blocks, load_audio, write_wav
 from kws_ghost.errors import KwsError
+from kws_ghost.pipe_audio import iter_pcm16
 
 RATE = 16000
 

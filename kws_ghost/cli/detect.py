@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import click
 
-from kws_ghost.cli.options import config_from, detector_options, threads_option
+from kws_ghost.cli.options import detector_config, detector_options, threads_option
 
 
 @click.command()
@@ -58,28 +58,29 @@ def detect(
 ) -> None:
     """Detect keywords in FILES (any format soundfile reads; any rate or channel count).
 
-    FILE "-" reads raw 16-bit little-endian 16 kHz mono PCM from stdin and prints each event
-    as it is decided:
+    FILE "-" reads stdin and prints each event as it is decided: a WAV stream (any rate and
+    channels, from its header) or FLAC, else raw 16-bit little-endian 16 kHz mono PCM:
 
     \b
       arecord -f S16_LE -r 16000 -c 1 | kws-ghost detect -
+      arecord -f S16_LE -r 48000 -c 2 -t wav | kws-ghost detect -
 
     The model runs as a stream: one step per 10 ms frame, its state carried. An event is
     reported when its keyword's smoothed score falls back below the threshold (about 0.1-0.3 s
     after the word), with the span of the word's speech. The threshold comes from the model's
     validation DET curve unless given: --false-alarms-per-hour picks it by false-alarm rate.
     """
-    from kws_ghost.audio import iter_audio_blocks, iter_pcm16
+    from kws_ghost.audio import iter_audio_blocks
     from kws_ghost.checkpoint import find_default_model
-    from kws_ghost.config import DetectorConfig
     from kws_ghost.errors import KwsError
+    from kws_ghost.pipe_audio import iter_stdin_audio
     from kws_ghost.progress import progress_enabled
     from kws_ghost.runtime import load_model
-    from kws_ghost.stream import KeywordDetector, default_scorer
+    from kws_ghost.stream import KeywordDetector, choose_scorer
     from kws_ghost.threads import configure_threads
 
+    config = detector_config(options)
     runtime = load_model(find_default_model(model_path), configure_threads(threads, "stream"))
-    config = config_from(DetectorConfig, options)
     rate = runtime.frontend_config.sample_rate
     write = _writer(output_format)
     show_progress = progress_enabled(False if quiet else None, output_format != "text")
@@ -87,22 +88,19 @@ def detect(
     noted = quiet
     for name in files:
         live = name == "-"
-        kind = default_scorer(runtime, live) if scorer == "auto" else scorer
-        if live and kind == "segments":
-            kind = "stream"  # live audio cannot wait for a block of segments
-        detector = KeywordDetector(runtime, config, kind)
-        if not noted:
-            click.echo(_threshold_note(detector), err=True)
-            noted = True
+        detector = KeywordDetector(runtime, config, choose_scorer(runtime, scorer, live))
         count = 0
         try:
             if live:
-                blocks: Any = iter_pcm16(sys.stdin.buffer, block_samples=int(rate * 0.05))
+                blocks: Any = iter_stdin_audio(sys.stdin.buffer, rate, int(rate * 0.05))
             else:
                 blocks = _with_progress(
                     iter_audio_blocks(name, rate, block_seconds), name, rate, show_progress
                 )
             for block in blocks:
+                if not noted:  # once audio has come: an unreadable input is its error alone
+                    click.echo(_threshold_note(detector), err=True)
+                    noted = True
                 for event in detector.push(block):
                     write(name, event)
                     count += 1

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import click
 
-from kws_ghost.cli.options import config_from, detector_options, json_option, threads_option
+from kws_ghost.cli.options import detector_config, detector_options, json_option, threads_option
 
 
 @click.command("make-stream")
@@ -144,9 +144,9 @@ def eval_stream(
 ) -> None:
     """Hit rate, false alarms per hour and DET curve of a model on a test RECORDING."""
     from kws_ghost.checkpoint import find_default_model
-    from kws_ghost.config import DetectorConfig
     from kws_ghost.fileio import check_png_output
     from kws_ghost.runtime import load_model
+    from kws_ghost.stream import choose_scorer
     from kws_ghost.stream_eval import evaluate_recording, load_truth, plot_det, truth_path
     from kws_ghost.threads import configure_threads
 
@@ -155,15 +155,12 @@ def eval_stream(
     record = load_truth(truth or truth_path(recording))
     negative = (negatives, load_truth(truth_path(negatives))) if negatives else None
     runtime = load_model(find_default_model(model_path), configure_threads(threads, "stream"))
-    if scorer == "auto":
-        from kws_ghost.stream import default_scorer
-
-        scorer = default_scorer(runtime, live=False)
+    scorer = choose_scorer(runtime, scorer, live=False)
     result = evaluate_recording(
         runtime,
         recording,
         record,
-        config_from(DetectorConfig, options),
+        detector_config(options),
         negative,
         scorer,
         target_fa_per_hour,

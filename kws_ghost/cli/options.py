@@ -113,3 +113,11 @@ def given(cls: type, options: dict[str, Any]) -> list[str]:
 def detector_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The streaming decision settings (see kws_ghost.config.DetectorConfig)."""
     return config_options(DetectorConfig)(func)
+
+
+def detector_config(options: dict[str, Any]) -> DetectorConfig:
+    """``detector_options``' values as a DetectorConfig; a usage error when --threshold and
+    --false-alarms-per-hour are both given (one would be silently ignored)."""
+    if {"--threshold", "--false-alarms-per-hour"} <= set(given(DetectorConfig, options)):
+        raise click.UsageError("give --threshold or --false-alarms-per-hour, not both")
+    return config_from(DetectorConfig, options)
