@@ -345,6 +345,36 @@ def point_at(det: list[dict[str, Any]], threshold: float) -> Optional[dict[str, 
     return max(below, key=lambda p: p["threshold"]) if below else None
 
 
+INT16_SCALE = 32768.0  # int16 samples in, as libsndfile reads PCM_16
+FLOAT_LIMIT = 1.5  # float samples beyond this are on another scale (int16 values as floats)
+
+
+def as_samples(samples: np.ndarray) -> np.ndarray:
+    """Mono samples as float32 in [-1, 1]: float arrays as they are (clipped to full scale),
+    int16 scaled by 1/32768; anything else, NaN or infinities refused in one line."""
+    array = np.asarray(samples)
+    if array.ndim != 1 and array.size != max(array.shape, default=0):
+        raise KwsError(f"samples must be mono (1-D), not shape {array.shape}")
+    array = array.reshape(-1)
+    if array.dtype == np.int16:
+        return array.astype(np.float32) / np.float32(INT16_SCALE)
+    if array.dtype not in (np.float32, np.float64) and array.size:
+        raise KwsError(
+            f"samples must be float32 in [-1, 1] or int16, not {array.dtype} "
+            "(convert first, e.g. int32 / 2**31)"
+        )
+    array = array.astype(np.float32, copy=False)
+    if array.size and not np.isfinite(array).all():
+        raise KwsError("samples hold NaN or infinite values")
+    peak = float(np.abs(array).max()) if array.size else 0.0
+    if peak > FLOAT_LIMIT:
+        raise KwsError(
+            f"float samples must lie in [-1, 1], these reach {peak:.4g}: int16 values as "
+            "floats? pass them as int16, or divide by 32768"
+        )
+    return np.clip(array, -1.0, 1.0) if peak > 1.0 else array
+
+
 class KeywordDetector:
     """Samples in, events out. ``push`` any number of samples; ``flush`` at the end.
 
@@ -374,7 +404,7 @@ class KeywordDetector:
     def push_posteriors(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Samples -> (posteriors [n, classes], levels [n]) of the next n frames the scorer gives
         out (the segment scorer holds frames back until it has a block)."""
-        frames = self.frontend.push(samples)
+        frames = self.frontend.push(as_samples(samples))
         self.levels = np.concatenate([self.levels, frame_levels(frames, self.frontend.config)])
         return self._scored(self.scorer.push(frames))
 

@@ -62,6 +62,40 @@ def trained_run(synth_corpus, tmp_path_factory) -> dict:
     }
 
 
+@pytest.fixture(scope="session")
+def exported(trained_run, tmp_path_factory) -> Path:
+    """``trained_run``'s model exported to ONNX by the CLI."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("onnx") / "kws.onnx"
+    result = subprocess.run(
+        [sys.executable, "-m", "kws_ghost", "export", str(trained_run["best"]), "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def test_recording(trained_run, tmp_path_factory) -> tuple[Path, dict]:
+    """A 40 s recording of test-split keywords and other words over noise, with its truth."""
+    from kws_ghost.stream_eval import build_recording
+
+    wav = tmp_path_factory.mktemp("stream") / "stream.wav"
+    truth = build_recording(
+        trained_run["corpus"],
+        wav,
+        ["yes", "no", "up", "down"],
+        duration=40,
+        split="testing",
+        seed=1,
+    )
+    assert len(truth["events"]) >= 8 and truth["distractors"]
+    return wav, truth
+
+
 def write_clip(path: Path, audio: np.ndarray, rate: int = 16000) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     soundfile.write(path, audio, rate, subtype="PCM_16")

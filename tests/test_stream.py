@@ -376,23 +376,6 @@ def test_window_scorer_for_clip_trained_models(tmp_path):
         KeywordDetector(runtime, DetectorConfig(threshold=0.5), "stream")
 
 
-@pytest.fixture(scope="module")
-def test_recording(trained_run, tmp_path_factory):
-    from kws_ghost.stream_eval import build_recording
-
-    wav = tmp_path_factory.mktemp("stream") / "stream.wav"
-    truth = build_recording(
-        trained_run["corpus"],
-        wav,
-        ["yes", "no", "up", "down"],
-        duration=40,
-        split="testing",
-        seed=1,
-    )
-    assert len(truth["events"]) >= 8 and truth["distractors"]
-    return wav, truth
-
-
 class _Event:
     def __init__(self, record):
         self.keyword, self.start, self.end = record["keyword"], record["start"], record["end"]
@@ -506,14 +489,6 @@ def test_trained_model_is_quiet_on_noise(trained_run):
     result = kws("detect", *noise, "--model", trained_run["best"], "--format", "csv")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "file,keyword,start,end,score"  # no event at all
-
-
-@pytest.fixture(scope="module")
-def exported(trained_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("onnx") / "kws.onnx"
-    result = kws("export", trained_run["best"], "-o", out, "--json")
-    assert result.returncode == 0, result.stderr
-    return out
 
 
 def test_the_exported_step_model_gives_the_checkpoints_events(
