@@ -109,7 +109,7 @@ def _iter_wav(
     # RF64 keeps the real size elsewhere; streaming writers leave it unknown: read to the end
     remaining = None if head == b"RF64" or size in _UNKNOWN_DATA_SIZES else size
     frame_bytes = fmt["channels"] * fmt["width"]
-    converter = _Converter(fmt["rate"], sample_rate)
+    converter = MonoConverter(fmt["rate"], sample_rate)
     carry = b""
     want = max(1, block_samples * fmt["rate"] // sample_rate) * frame_bytes
     while remaining is None or remaining > 0:
@@ -123,7 +123,10 @@ def _iter_wav(
         whole = len(data) - len(data) % frame_bytes
         carry = data[whole:]
         if whole:
-            samples = _decode(data[:whole], fmt).reshape(-1, fmt["channels"])
+            try:
+                samples = decode_pcm(data[:whole], fmt).reshape(-1, fmt["channels"])
+            except KwsError as exc:
+                raise KwsError(f"stdin: {exc}") from exc
             block = converter.push(samples)
             if len(block):
                 yield block
@@ -139,8 +142,8 @@ def _wav_format(body: bytes) -> dict[str, Any]:
     tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", body[:16])
     if tag == _WAV_EXTENSIBLE and len(body) >= 26:
         tag = struct.unpack("<H", body[24:26])[0]  # the sub-format GUID starts with the tag
-    kinds = {(_WAV_PCM, 8): "u8", (_WAV_PCM, 16): "i16", (_WAV_PCM, 24): "i24"}
-    kinds.update({(_WAV_PCM, 32): "i32", (_WAV_FLOAT, 32): "f32", (_WAV_FLOAT, 64): "f64"})
+    kinds = {(_WAV_PCM, 8 * width): kind for width, kind in PCM_KINDS.items()}
+    kinds.update({(_WAV_FLOAT, 32): "f32", (_WAV_FLOAT, 64): "f64"})
     kind = kinds.get((tag, bits))
     if kind is None:
         raise KwsError(
@@ -152,8 +155,12 @@ def _wav_format(body: bytes) -> dict[str, Any]:
     return {"kind": kind, "channels": channels, "rate": rate, "width": bits // 8}
 
 
-def _decode(data: bytes, fmt: dict[str, Any]) -> np.ndarray:
-    """Interleaved samples -> float32 in libsndfile's scaling."""
+PCM_KINDS = {1: "u8", 2: "i16", 3: "i24", 4: "i32"}  # integer PCM by sample width in bytes
+
+
+def decode_pcm(data: bytes, fmt: dict[str, Any]) -> np.ndarray:
+    """Interleaved samples of ``fmt["kind"]`` (u8, i16, i24, i32, f32, f64) -> float32 in
+    libsndfile's scaling; NaN or infinite float samples refused."""
     kind = fmt["kind"]
     if kind == "u8":
         return (np.frombuffer(data, np.uint8).astype(np.float32) - 128.0) / 128.0
@@ -168,13 +175,14 @@ def _decode(data: bytes, fmt: dict[str, Any]) -> np.ndarray:
         return (np.frombuffer(data, "<i4") / float(1 << 31)).astype(np.float32)
     samples = np.frombuffer(data, "<f4" if kind == "f32" else "<f8").astype(np.float32)
     if not np.isfinite(samples).all():
-        raise KwsError("stdin: NaN or infinite samples in the WAV stream; the audio is corrupt")
+        raise KwsError("NaN or infinite samples in the stream; the audio is corrupt")
     return samples
 
 
-class _Converter:
+class MonoConverter:
     """[frames, channels] at ``in_rate`` -> mono float32 in [-1, 1] at ``out_rate``, as
-    ``kws_ghost.audio`` converts files (channel mean, soxr's streaming resampler)."""
+    ``kws_ghost.audio`` converts files (channel mean, soxr's streaming resampler), a chunk at a
+    time."""
 
     def __init__(self, in_rate: int, out_rate: int) -> None:
         self.resampler = None
@@ -209,7 +217,7 @@ def _iter_flac(data: bytes, sample_rate: int, block_samples: int) -> Iterator[np
     except (soundfile.LibsndfileError, RuntimeError) as exc:
         raise KwsError(f"stdin: an unreadable FLAC stream ({exc})") from exc
     with handle:
-        converter = _Converter(handle.samplerate, sample_rate)
+        converter = MonoConverter(handle.samplerate, sample_rate)
         while True:
             block = handle.read(block_samples, dtype="float32", always_2d=True)
             if not np.isfinite(block).all():

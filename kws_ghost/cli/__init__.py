@@ -35,6 +35,7 @@ COMMANDS = {
     "profile": "kws_ghost.cli.profile:profile",
     "export": "kws_ghost.cli.export:export",
     "analyze": "kws_ghost.cli.analyze:analyze",
+    "serve": "kws_ghost.cli.serve:serve",
 }
 
 
@@ -61,14 +62,17 @@ def _one_line(text: Any) -> str:
 # package -> the extra that installs it (setup.cfg)
 EXTRAS = {
     "torch": "train",
-    "sklearn": "train",
+    "sklearn": "eval",
     "onnx": "export",
     "onnxscript": "export",
     "onnxruntime": "export",
     "matplotlib": "plot",
     "espeakng_loader": "synth",
     "librosa": "dev",
+    "wyoming": "serve",
 }
+# import name -> the name pip installs it by, where they differ
+DISTRIBUTIONS = {"sklearn": "scikit-learn", "espeakng_loader": "espeakng-loader"}
 
 
 def _usage_error(ctx: click.Context, exc: click.UsageError) -> None:
@@ -126,8 +130,8 @@ class KwsGroup(click.Group):
             package = (getattr(exc, "name", None) or "").split(".")[0]
             if isinstance(exc, ModuleNotFoundError) and package in EXTRAS:
                 click.echo(
-                    f"error: this needs the {package} package, which is not installed: "
-                    f"pip install 'kws-ghost[{EXTRAS[package]}]'",
+                    f"error: this needs the {DISTRIBUTIONS.get(package, package)} package, "
+                    f"which is not installed: pip install 'kws-ghost[{EXTRAS[package]}]'",
                     err=True,
                 )
                 ctx.exit(1)
