@@ -16,7 +16,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Optional
 
@@ -289,11 +289,18 @@ def make_work_folder(dest: str | os.PathLike[str], tag: str, marker: Optional[st
     return work
 
 
-def replace_folder(new: str | os.PathLike[str], dest: str | os.PathLike[str], marker: str) -> None:
+def replace_folder(
+    new: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    marker: str,
+    keep: Collection[str] = (),
+) -> None:
     """Rename the finished folder ``new`` to ``dest``, replacing a ``dest`` we wrote earlier.
 
     ``dest`` is checked again with ``check_replaceable``; an old one is renamed aside and deleted
-    only once ``new`` is in place (put back if the rename fails).
+    only once ``new`` is in place (put back if the rename fails). ``keep``: paths in the old
+    ``dest`` (relative to it) that we did not write: they are moved into the new folder at the
+    same place before the old one is deleted (the caller checks they collide with nothing).
     """
     new, target = Path(new), Path(dest)
     old: Optional[Path] = None
@@ -311,5 +318,25 @@ def replace_folder(new: str | os.PathLike[str], dest: str | os.PathLike[str], ma
             raise
     except OSError as exc:
         raise KwsError(f"cannot move {new} into place as {target}: {exc.strerror or exc}") from None
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    if old is None:
+        return
+    for relative in keep:
+        try:
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            (old / relative).rename(target / relative)
+        except OSError as exc:
+            raise KwsError(
+                f"cannot move your file {relative} into the new {target} "
+                f"({exc.strerror or exc}); it is in {old}, left there"
+            ) from None
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def files_under(folder: str | os.PathLike[str]) -> set[str]:
+    """Every file (and link) below ``folder``, as paths relative to it with "/" separators."""
+    root = Path(folder)
+    found = set()
+    for base, dirs, files in os.walk(root):
+        for name in files + [d for d in dirs if (Path(base) / d).is_symlink()]:
+            found.add((Path(base) / name).relative_to(root).as_posix())
+    return found

@@ -32,7 +32,13 @@ from typing import Any, Optional
 import numpy as np
 
 from kws_ghost.errors import KwsError, print_stderr
-from kws_ghost.fileio import check_replaceable, disk_error, make_work_folder, replace_folder
+from kws_ghost.fileio import (
+    check_replaceable,
+    disk_error,
+    files_under,
+    make_work_folder,
+    replace_folder,
+)
 from kws_ghost.progress import progress_enabled
 
 SAMPLE_RATE = 16000
@@ -87,6 +93,7 @@ BACKGROUND_FILES = {
 }
 # In every corpus synth writes: --force replaces only a folder that holds it.
 SYNTH_MARKER = ".kws-ghost-synth"
+MANIFEST = "synth_manifest.json"
 WORD_PATTERN = re.compile(r"^[a-z]+(?:[-_][a-z]+)*$")
 MAX_WORD_CHARS = 40
 
@@ -639,20 +646,46 @@ def split_speakers(
     return splits
 
 
-def _prepare_out(out: Path, force: bool) -> Path:
-    """Check ``out`` and make the temporary folder beside it that becomes ``out`` at the end.
+def _prepare_out(out: Path, force: bool) -> tuple[Path, set[str]]:
+    """Check ``out`` and make the temporary folder beside it that becomes ``out`` at the end;
+    also the files in an earlier corpus there that synth did not write (the user's: kept).
 
     ``out`` may be replaced (with ``force``) only if an earlier synth wrote it: it holds
     ``SYNTH_MARKER``, which every corpus gets from the start.
     """
     if not out.name or out.name in (".", ".."):
         raise KwsError(f"--out {str(out)!r} must name a folder to create (e.g. data/my_words)")
-    if check_replaceable(out, SYNTH_MARKER) and not force:
+    users: set[str] = set()
+    if check_replaceable(out, SYNTH_MARKER):
+        if not force:
+            raise KwsError(
+                f"--out {out} holds an earlier synth corpus: add --force to replace it, "
+                "or choose another folder"
+            )
+        users = files_under(out) - written_files(out)
+    return make_work_folder(out, "synth", SYNTH_MARKER), users
+
+
+def _clip_names(words: Sequence[str], speaker_ids: Sequence[str], clips: int) -> list[str]:
+    return [f"{w}/{s}_nohash_{r}.wav" for s in speaker_ids for w in words for r in range(clips)]
+
+
+def written_files(corpus: Path) -> set[str]:
+    """The files synth wrote in ``corpus``: its manifest's list (corpora of earlier versions:
+    the names their manifest's words, speakers and clip count give)."""
+    try:
+        manifest = json.loads((corpus / MANIFEST).read_text())
+        if "files" in manifest:
+            return {str(name) for name in manifest["files"]}
+        ids = [str(s["speaker_id"]) for s in manifest["speakers"]]
+        clips = _clip_names(manifest["words"], ids, int(manifest["clips_per_voice"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise KwsError(
-            f"--out {out} holds an earlier synth corpus: add --force to replace it, "
-            "or choose another folder"
-        )
-    return make_work_folder(out, "synth", SYNTH_MARKER)
+            f"--out {corpus}: its {MANIFEST} is missing or unreadable ({exc}), so the files "
+            "synth wrote cannot be told from yours; move the folder away yourself"
+        ) from None
+    fixed = [SYNTH_MARKER, MANIFEST, "validation_list.txt", "testing_list.txt"]
+    return set(clips + fixed + [f"_background_noise_/{f}" for f in BACKGROUND_FILES.values()])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -731,7 +764,7 @@ def synthesize_corpus(
         for split, fraction in (("validation", val_fraction), ("testing", test_fraction))
         if fraction > 0 and split not in assignment.values()
     ]
-    tmp = _prepare_out(out_path, force)
+    tmp, user_files = _prepare_out(out_path, force)
     try:
         if empty:
             (warn or print_stderr)(
@@ -787,8 +820,21 @@ def synthesize_corpus(
             "sample_rate": SAMPLE_RATE,
             "speakers": [dict(s.to_dict(), split=assignment[s.speaker_id]) for s in speakers],
         }
-        (tmp / "synth_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        replace_folder(tmp, out_path, SYNTH_MARKER)
+        manifest["files"] = sorted(files_under(tmp) | {MANIFEST})  # what --force may replace
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        clashes = sorted(user_files & set(manifest["files"]))
+        if clashes:
+            raise KwsError(
+                f"--out {out_path} holds files synth did not write where the new corpus goes "
+                f"({', '.join(clashes[:3])}); move them away first"
+            )
+        replace_folder(tmp, out_path, SYNTH_MARKER, keep=sorted(user_files))
+        if user_files:
+            (warn or print_stderr)(
+                f"note: kept {len(user_files)} file{'s' * (len(user_files) != 1)} in {out_path} "
+                f"that synth did not write: {', '.join(sorted(user_files)[:5])}"
+                + (" ..." if len(user_files) > 5 else "")
+            )
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise disk_error(out_path, exc) from None

@@ -318,6 +318,47 @@ def test_force_replaces_an_earlier_synth_corpus(tmp_path, espeak):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]  # old one removed
 
 
+@pytest.mark.parametrize("manifest_lists_files", [True, False])  # False: an earlier version's
+def test_force_keeps_the_files_the_user_added(tmp_path, espeak, manifest_lists_files):
+    out = tmp_path / "corpus"
+    first = CliRunner().invoke(main, [*SMALL, "--out", str(out), "--seed", "1"])
+    assert first.exit_code == 0, first.output
+    if not manifest_lists_files:
+        manifest = json.loads((out / "synth_manifest.json").read_text())
+        del manifest["files"]
+        (out / "synth_manifest.json").write_text(json.dumps(manifest))
+    ours = synth.written_files(out)
+    assert "go/" + next((out / "go").iterdir()).name in ours
+    (out / "NOTES.txt").write_text("mine")
+    (out / "myword").mkdir()
+    (out / "myword" / "me_nohash_0.wav").write_bytes(b"my recording")
+    (out / "go" / "me_nohash_0.wav").write_bytes(b"another")
+    replaced = run_synth("--out", str(out), "--seed", "2", "--force")
+    assert replaced.returncode == 0, replaced.stderr
+    assert "kept 3 files" in replaced.stderr and "myword/me_nohash_0.wav" in replaced.stderr
+    assert (out / "NOTES.txt").read_text() == "mine"
+    assert (out / "myword" / "me_nohash_0.wav").read_bytes() == b"my recording"
+    assert (out / "go" / "me_nohash_0.wav").read_bytes() == b"another"
+    clips = sorted(p.name for p in (out / "go").iterdir() if p.name != "me_nohash_0.wav")
+    assert len(clips) == 1 and "go/" + clips[0] not in ours  # seed 2's speaker, seed 1's gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
+
+
+def test_force_refuses_when_a_users_file_sits_where_the_new_corpus_goes(tmp_path, espeak):
+    out = tmp_path / "corpus"
+    assert CliRunner().invoke(main, [*SMALL, "--out", str(out), "--seed", "1"]).exit_code == 0
+    manifest = json.loads((out / "synth_manifest.json").read_text())
+    manifest["files"].remove("testing_list.txt")  # as if the user had written it
+    (out / "synth_manifest.json").write_text(json.dumps(manifest))
+    (out / "testing_list.txt").write_text("my own list\n")
+    result = run_synth("--out", str(out), "--seed", "2", "--force")
+    assert result.returncode == 1 and "Traceback" not in result.stderr  # (and --voices 1's warning)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "testing_list.txt" in last and "did not write" in last
+    assert (out / "testing_list.txt").read_text() == "my own list\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
+
+
 @pytest.mark.parametrize("force", [False, True])
 def test_a_folder_synth_did_not_write_is_never_replaced(tmp_path, force):
     out = tmp_path / "corpus"
