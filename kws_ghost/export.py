@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 OPSET = 17
 CHECK_TOLERANCE = 1e-4  # the self-check: |onnxruntime - PyTorch| <= this x max(1, |logits|)
+INT8_POSTERIOR_TOLERANCE = 0.25  # int8: no posterior moves more than this on the check frames
 
 
 def can_fold(config: ModelConfig) -> bool:
@@ -195,10 +196,13 @@ def _quantize(onnx: Any, proto: Any) -> Any:
         return onnx.load(str(target))
 
 
-def check_against_torch(payload: bytes, model: KeywordModel, frames: int = 8) -> float:
-    """The largest difference of logits and state between onnxruntime running ``payload`` and
-    ``model.step`` in PyTorch, over two streams of ``frames`` random frames at the scale of real
-    features, state carried; a KwsError when the graph gives non-finite values."""
+def check_against_torch(
+    payload: bytes, model: KeywordModel, frames: int = 8
+) -> tuple[float, float]:
+    """How far onnxruntime running ``payload`` is from ``model.step`` in PyTorch, over two
+    streams of ``frames`` random frames at the scale of real features, state carried: (the
+    largest difference of logits, relative, and of state; the largest difference of posteriors).
+    A KwsError when the graph gives non-finite values."""
     import onnxruntime as ort
     import torch
 
@@ -210,7 +214,7 @@ def check_against_torch(payload: bytes, model: KeywordModel, frames: int = 8) ->
     raw = torch.randn(frames, 2, model.config.input_dim, generator=generator)
     raw = raw * model.feature_std + model.feature_mean
     state = model.initial_state(2)
-    onnx_state, worst = state.numpy(), 0.0
+    onnx_state, worst, posterior = state.numpy(), 0.0, 0.0
     with torch.inference_mode():
         for frame in raw:
             expected, state = model.step(frame, state)
@@ -220,7 +224,9 @@ def check_against_torch(payload: bytes, model: KeywordModel, frames: int = 8) ->
             scale = max(1.0, float(expected.abs().max()))
             worst = max(worst, float(np.abs(logits - expected.numpy()).max()) / scale)
             worst = max(worst, float(np.abs(onnx_state - state.numpy()).max()))
-    return worst
+            shift = torch.softmax(torch.from_numpy(logits), -1) - torch.softmax(expected, -1)
+            posterior = max(posterior, float(shift.abs().max()))
+    return worst, posterior
 
 
 def export_model(
@@ -275,16 +281,26 @@ def export_model(
     }
     payload = _with_metadata(proto, metadata, labels)
     sizes = {"fp32_bytes": len(payload)}
-    difference = check_against_torch(payload, model)
+    difference, _ = check_against_torch(payload, model)
     if difference > CHECK_TOLERANCE:
         raise KwsError(
             f"export check failed: onnxruntime and PyTorch differ by {difference:.2g} (relative)"
             f" for {path.name}; nothing was written (a kws-ghost bug: please report it)"
         )
+    checked = {"fp32_difference": difference}
     if int8:
         payload = _with_metadata(_quantize(onnx, proto), metadata, labels)
         sizes["int8_bytes"] = len(payload)
-        check_against_torch(payload, model, frames=2)  # runs, finite; int8 differs by design
+        # int8 differs by design: the file written is checked itself, by its posteriors
+        checked["int8_difference"], checked["int8_posterior_difference"] = check_against_torch(
+            payload, model
+        )
+        if checked["int8_posterior_difference"] > INT8_POSTERIOR_TOLERANCE:
+            raise KwsError(
+                f"export check failed: the int8 graph's posteriors differ from PyTorch's by "
+                f"{checked['int8_posterior_difference']:.2g} (over {INT8_POSTERIOR_TOLERANCE}); "
+                "nothing was written: export without --int8"
+            )
     with atomic_path(path) as tmp:
         tmp.write_bytes(payload)
     return {
@@ -302,7 +318,8 @@ def export_model(
         "state_shape": [config.layers, "batch", size],
         "sizes": sizes,
         "file_bytes": len(payload),
-        "check_difference": difference,
+        "check_difference": checked.get("int8_difference", difference),  # of the file written
+        "checks": checked,
     }
 
 

@@ -20,8 +20,17 @@ def plan_outputs(inputs: tuple[str, ...], out: Path, plot: bool = False) -> list
     Refused: an output that is one of the inputs, two inputs with the same output, a PNG (with
     ``plot``) where a file that is not a PNG already is, and a file where a folder must go.
     """
-    from kws_ghost.fileio import check_output_parent, check_png_output, refuse_overwriting_inputs
+    from kws_ghost.fileio import (
+        check_output_parent,
+        check_png_output,
+        module_available,
+        refuse_overwriting_inputs,
+    )
 
+    if plot and not module_available("matplotlib"):
+        raise KwsError(
+            "--plot needs matplotlib, which is not installed: pip install 'kws-ghost[plot]'"
+        )
     jobs: list[dict[str, Any]] = []
     claimed: dict[Path, str] = {}
     for name in inputs:

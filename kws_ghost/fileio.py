@@ -146,6 +146,16 @@ def refuse_overwriting_inputs(
                 )
 
 
+def module_available(name: str) -> bool:
+    """Whether ``name`` can be imported (without importing it)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def check_png_output(path: str | os.PathLike[str], option: str = "--plot") -> Path:
     """Check a PNG output path before any work: a ``.png`` name, not a folder, no file in the way.
 
@@ -155,6 +165,10 @@ def check_png_output(path: str | os.PathLike[str], option: str = "--plot") -> Pa
     if target.suffix.lower() != ".png":
         raise KwsError(
             f"{option} {target}: the plot is a PNG image; give a file name ending in .png"
+        )
+    if not module_available("matplotlib"):  # before any work, so nothing is half done
+        raise KwsError(
+            f"{option} needs matplotlib, which is not installed: pip install 'kws-ghost[plot]'"
         )
     if target.is_dir():
         raise KwsError(f"{option} {target} is a folder; give a file name such as {target}/plot.png")

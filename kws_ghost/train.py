@@ -323,6 +323,7 @@ class Trainer:
         self.frontend_config = frontend_config
         self.progress = progress
         self.log = log or print_stderr
+        self._unit = "clip" if train_config.objective == "clip" else "frame"  # a training item
         self.device = pick_device(train_config.device, int(os.environ.get("LOCAL_RANK", "0")))
         self.dist = init_distributed(self.device.type)
         if not self.dist.is_main:
@@ -475,7 +476,7 @@ class Trainer:
                 metrics, detection = self._validate()
                 record.update(metrics, val_seconds=round(time.perf_counter() - started, 3))
             self.history.append(record)
-            self.log(_summary(record, self.config.epochs))
+            self.log(_summary(record, self.config.epochs, self._unit))
             if self.dist.is_main:
                 self._save(epoch + 1, record, detection)
             self._barrier()
@@ -534,9 +535,11 @@ class Trainer:
             totals["loss"] += loss.item() * seen
             totals["right"] += right
             totals["seen"] += seen
-            bar.set_postfix(
-                loss=f"{totals['loss'] / max(1, totals['seen']):.3f}",
-                acc=f"{totals['right'] / max(1, totals['seen']):.3f}",
+            bar.set_postfix(  # the training objective's own items, not validation clips
+                {
+                    f"{self._unit}_loss": f"{totals['loss'] / max(1, totals['seen']):.3f}",
+                    f"{self._unit}_acc": f"{totals['right'] / max(1, totals['seen']):.3f}",
+                }
             )
         bar.close()
         loss_sum, right, seen = self._all_reduce([totals["loss"], totals["right"], totals["seen"]])
@@ -777,16 +780,19 @@ def _brief(record: dict[str, Any]) -> str:
     return ", ".join(parts) or "no validation"
 
 
-def _summary(record: dict[str, Any], epochs: int) -> str:
+def _summary(record: dict[str, Any], epochs: int, unit: str = "frame") -> str:
+    """One line per epoch that names what each figure measures: training figures are over
+    training ``unit``s (frames for the stream objective, clips for the clip one), validation
+    ones over whole validation clips and recordings."""
     text = (
-        f"epoch {record['epoch']}/{epochs}: loss {record['train_loss']:.4f} "
-        f"acc {record['train_accuracy']:.4f}"
+        f"epoch {record['epoch']}/{epochs}: train {unit} loss {record['train_loss']:.4f} "
+        f"{unit} acc {record['train_accuracy']:.4f}"
     )
     if "val_accuracy" in record:
-        text += f" | val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.4f}"
+        text += f" | val clip loss {record['val_loss']:.4f} clip acc {record['val_accuracy']:.4f}"
     if "val_hit_rate" in record:
         fa = record["val_fa_per_hour"]
-        text += f" hit {record['val_hit_rate']:.3f}" + (
+        text += f" hit rate {record['val_hit_rate']:.3f}" + (
             f" @ {fa:.1f} FA/h" if fa is not None else ""
         )
     return text + f" | {record['seconds']:.1f} s"

@@ -100,3 +100,76 @@ def test_every_function_level_import_is_acyclic_too():
     for first in ("kws_ghost.train", "kws_ghost.evaluate", "kws_ghost.runtime", "kws_ghost.export"):
         for second in graph.get(first, ()):
             assert first not in graph.get(second, set()), (first, second)
+
+
+WITHOUT = """
+import sys, importlib.abc
+class Missing(importlib.abc.MetaPathFinder):  # as if these packages were not installed
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, Missing())
+from kws_ghost.cli import main
+main({args!r})
+"""
+
+
+def run_without(packages, *args, cwd=None):
+    code = WITHOUT.format(blocked=set(packages), args=[str(a) for a in args])
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd)
+
+
+def test_a_missing_package_is_named_with_the_extra_that_brings_it(tmp_path):
+    """`eval model.onnx` runs without torch: without scikit-learn it asks for that, not torch."""
+    import numpy as np
+    import soundfile
+    import torch
+
+    from kws_ghost.checkpoint import save_checkpoint
+    from kws_ghost.config import FrontendConfig, ModelConfig
+    from kws_ghost.export import export_checkpoint
+    from kws_ghost.models import build_model
+
+    model = build_model(ModelConfig(hidden=16, layers=1, num_classes=4))
+    model.set_normalization(torch.zeros(40), torch.ones(40))
+    save_checkpoint(
+        tmp_path / "m.pt", model.eval(), FrontendConfig(), ["_silence_", "_unknown_", "yes", "no"]
+    )
+    export_checkpoint(tmp_path / "m.pt", tmp_path / "m.onnx")
+    corpus = tmp_path / "corpus"
+    for word in ("yes", "no"):
+        (corpus / word).mkdir(parents=True)
+        soundfile.write(corpus / word / "a_nohash_0.wav", np.zeros(16000, np.float32), 16000)
+    (corpus / "testing_list.txt").write_text("yes/a_nohash_0.wav\nno/a_nohash_0.wav\n")
+    (corpus / "validation_list.txt").write_text("")
+    result = run_without({"sklearn", "torch"}, "eval", tmp_path / "m.onnx", "--data", corpus)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "scikit-learn" in result.stderr and "kws-ghost[eval]" in result.stderr
+    assert "torch" not in result.stderr and "[train]" not in result.stderr
+
+
+def test_plot_without_matplotlib_fails_before_writing_anything(tmp_path):
+    import numpy as np
+    import soundfile
+
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, np.zeros(16000, np.float32), 16000)
+    out = tmp_path / "out"
+    result = run_without({"matplotlib"}, "features", wav, "--out", out, "--plot")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "matplotlib" in result.stderr and "kws-ghost[plot]" in result.stderr
+    assert not out.exists()
+    folder = run_without({"matplotlib"}, "features", tmp_path, "--out", out, "--plot")
+    assert folder.returncode == 1 and "matplotlib" in folder.stderr and not out.exists()
+
+
+def test_threshold_and_a_false_alarm_rate_together_are_a_usage_error(tmp_path):
+    for command in ("detect", "eval-stream"):
+        result = subprocess.run(
+            [sys.executable, "-m", "kws_ghost", command, str(tmp_path / "x.wav")]
+            + ["--threshold", "0.5", "--false-alarms-per-hour", "2"],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr.count("\n") == 1 and "not both" in result.stderr

@@ -388,13 +388,38 @@ def test_export_cli_json(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.pt"]
 
 
+def test_int8_export_checks_the_int8_file_and_refuses_a_broken_one(tmp_path, monkeypatch):
+    from kws_ghost import export as exporter
+
+    model = make_model("ghost-gru", "tanh", hidden=32)
+    result = export_model(model, FRONTEND, LABELS, tmp_path / "q.onnx", int8=True)
+    checks = result["checks"]
+    assert result["check_difference"] == checks["int8_difference"] > checks["fp32_difference"]
+    assert 0 < checks["int8_posterior_difference"] < exporter.INT8_POSTERIOR_TOLERANCE
+    quantize = exporter._quantize
+
+    def broken(onnx_module, proto):  # an int8 graph whose weights went wrong
+        quantized = quantize(onnx_module, proto)
+        for tensor in quantized.graph.initializer:
+            if tensor.name.endswith("_scale"):  # the weights' dequantisation scales
+                values = onnx.numpy_helper.to_array(tensor)
+                tensor.CopyFrom(onnx.numpy_helper.from_array(values * 50, tensor.name))
+        return quantized
+
+    monkeypatch.setattr(exporter, "_quantize", broken)
+    with pytest.raises(KwsError, match="int8 graph's posteriors differ"):
+        export_model(model, FRONTEND, LABELS, tmp_path / "bad.onnx", int8=True)
+    assert not (tmp_path / "bad.onnx").exists()
+
+
 def test_export_cli_int8_text(tmp_path):
     checkpoint = save(tmp_path, make_model("ghost-gru", "tanh", hidden=32))
     out = tmp_path / "device" / "kws.onnx"
     result = CliRunner().invoke(main, ["export", str(checkpoint), "--int8", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "int8: " in result.output and "state: [2, batch, 16]" in result.output
-    assert "checked against PyTorch" in result.output
+    assert "checked the int8 file against PyTorch" in result.output
+    assert "posteriors by up to" in result.output
     assert load_model(out).metadata["int8"]
 
 

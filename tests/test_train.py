@@ -161,8 +161,11 @@ def test_resume_continues_exactly(tiny_corpus, tmp_path, objective, ema):
 
 def test_resume_refuses_flags_it_cannot_honour(tiny_corpus, tmp_path):
     out = tmp_path / "run"
-    first = kws("train", "--data", tiny_corpus, *FAST, "--epochs", "1", "--out", out)
+    talkative = [arg for arg in FAST if arg != "--quiet"]
+    first = kws("train", "--data", tiny_corpus, *talkative, "--epochs", "1", "--out", out)
     assert first.returncode == 0, first.stderr
+    # each figure says what it measures: training frames against validation clips
+    assert "train frame loss" in first.stderr and "val clip acc" in first.stderr
     before = (out / "last.pt").read_bytes()
     refused = kws("train", "--resume", "--out", out, "--hidden", "64", "--lr", "0.1")
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1

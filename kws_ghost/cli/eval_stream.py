@@ -150,6 +150,7 @@ def eval_stream(
     from kws_ghost.stream_eval import evaluate_recording, load_truth, plot_det, truth_path
     from kws_ghost.threads import configure_threads
 
+    config = detector_config(options)  # usage errors before any work
     if plot:
         check_png_output(plot)
     record = load_truth(truth or truth_path(recording))
@@ -160,7 +161,7 @@ def eval_stream(
         runtime,
         recording,
         record,
-        detector_config(options),
+        config,
         negative,
         scorer,
         target_fa_per_hour,

@@ -88,9 +88,19 @@ def format_summary(result: dict[str, Any]) -> str:
         lines.append(
             f"int8: {sizes['fp32_bytes'] / 1024:.1f} -> {sizes['int8_bytes'] / 1024:.1f} KB"
         )
-    lines.append(
-        f"checked against PyTorch with onnxruntime: max difference {result['check_difference']:.1g}"
-    )
+    checks = result["checks"]
+    if result["int8"]:
+        lines.append(
+            f"checked the int8 file against PyTorch with onnxruntime: logits differ by up to "
+            f"{checks['int8_difference']:.2g} (relative), posteriors by up to "
+            f"{checks['int8_posterior_difference']:.2g} (the fp32 graph: "
+            f"{checks['fp32_difference']:.1g})"
+        )
+    else:
+        lines.append(
+            "checked against PyTorch with onnxruntime: max difference "
+            f"{checks['fp32_difference']:.1g}"
+        )
     layers, _, size = result["state_shape"]
     lines.append(f"state: [{layers}, batch, {size}] float32, zeros at the start of a stream")
     lines.append(f"labels: {', '.join(result['labels'])}")

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import click
 
-from kws_ghost.cli.options import detector_config, detector_options, json_option
+from kws_ghost.cli.options import detector_config, detector_options, json_option, threads_option
 
 
 @click.command()
@@ -25,8 +25,11 @@ from kws_ghost.cli.options import detector_config, detector_options, json_option
     "else runs/latest/best.pt.",
 )
 @detector_options
+@threads_option
 @json_option
-def serve(uri: str, model_path: Optional[str], as_json: bool, **options: Any) -> None:
+def serve(
+    uri: str, model_path: Optional[str], threads: Optional[int], as_json: bool, **options: Any
+) -> None:
     """Serve keyword detection over the Wyoming protocol until SIGTERM or Ctrl-C.
 
     \b
@@ -47,13 +50,14 @@ def serve(uri: str, model_path: Optional[str], as_json: bool, **options: Any) ->
     from kws_ghost.runtime import load_model
     from kws_ghost.serve import serve as run_server
     from kws_ghost.stream import resolve_threshold
+    from kws_ghost.threads import configure_threads
 
     try:
         import wyoming  # noqa: F401
     except ImportError as exc:
         raise KwsError("serve needs the wyoming package: pip install 'kws-ghost[serve]'") from exc
     config = detector_config(options)
-    runtime = load_model(find_default_model(model_path))
+    runtime = load_model(find_default_model(model_path), configure_threads(threads, "stream"))
     threshold, _ = resolve_threshold(runtime.detection, config)
     keywords = config.keywords or runtime.keyword_labels
 
