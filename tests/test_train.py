@@ -165,7 +165,7 @@ def test_resume_refuses_flags_it_cannot_honour(tiny_corpus, tmp_path):
     first = kws("train", "--data", tiny_corpus, *talkative, "--epochs", "1", "--out", out)
     assert first.returncode == 0, first.stderr
     # each figure says what it measures: training frames against validation clips
-    assert "train frame loss" in first.stderr and "val clip acc" in first.stderr
+    assert "train frame loss" in first.stderr and "val clip loss" in first.stderr
     before = (out / "last.pt").read_bytes()
     refused = kws("train", "--resume", "--out", out, "--hidden", "64", "--lr", "0.1")
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1
