@@ -37,6 +37,7 @@ from kws_ghost.fileio import (
     disk_error,
     files_under,
     make_work_folder,
+    owned_by,
     replace_folder,
 )
 from kws_ghost.progress import progress_enabled
@@ -94,6 +95,20 @@ BACKGROUND_FILES = {
 # In every corpus synth writes: --force replaces only a folder that holds it.
 SYNTH_MARKER = ".kws-ghost-synth"
 MANIFEST = "synth_manifest.json"
+# Other words every corpus gets by default as its _unknown_ material (a custom-keyword model must
+# hear other speech to learn to stay quiet on it): common words, none of Speech Commands' ten
+# keywords (so the default gsc12 task keeps them unknown) and no homophone of a common keyword.
+OTHER_WORDS = (
+    "bed", "bird", "cat", "dog", "happy", "house", "tree", "wow", "zero", "three", "five",
+    "six", "seven", "nine", "hello", "music", "light", "today", "weather", "please", "thanks",
+    "morning", "open", "close", "water", "okay", "coffee", "window", "number", "people",
+    "maybe", "later", "really", "sorry", "good", "time", "home", "play", "turn", "kitchen",
+    "table", "paper", "yellow", "purple", "orange", "apple", "banana", "river", "mountain",
+    "pencil", "quiet", "little", "under", "over", "again", "after", "never", "always",
+    "something", "nothing", "hundred", "minute", "system", "computer", "garden", "summer",
+    "winter", "dinner", "doctor", "tomorrow", "yesterday", "question", "animal", "basket",
+)  # fmt: skip
+OTHER_WORDS_PER_VOICE = 24
 WORD_PATTERN = re.compile(r"^[a-z]+(?:[-_][a-z]+)*$")
 MAX_WORD_CHARS = 40
 
@@ -599,6 +614,7 @@ class SynthSummary:
 
     out: str
     words: list[str]
+    other_words: list[str]
     speakers: int
     clips: int
     clips_per_voice: int
@@ -670,6 +686,18 @@ def _clip_names(words: Sequence[str], speaker_ids: Sequence[str], clips: int) ->
     return [f"{w}/{s}_nohash_{r}.wav" for s in speaker_ids for w in words for r in range(clips)]
 
 
+def corpus_keywords(corpus: str | os.PathLike[str]) -> Optional[list[str]]:
+    """The keywords of a corpus synth wrote (its manifest's words), or None."""
+    path = Path(corpus)
+    if not owned_by(path, SYNTH_MARKER):
+        return None
+    try:
+        words = json.loads((path / MANIFEST).read_text())["words"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return [str(word) for word in words] if isinstance(words, list) and words else None
+
+
 def written_files(corpus: Path) -> set[str]:
     """The files synth wrote in ``corpus``: its manifest's list (corpora of earlier versions:
     the names their manifest's words, speakers and clip count give)."""
@@ -696,13 +724,24 @@ class _SpeakerJob:
     seed: int
     clips_per_voice: int
     folder: str
+    others: tuple[str, ...] = ()  # other words, one clip each
+
+
+def other_words_of(keywords: Sequence[str], per_voice: int, seed: int, index: int) -> list[str]:
+    """The ``per_voice`` other words (``OTHER_WORDS`` less the keywords) speaker ``index`` says."""
+    pool = [word for word in OTHER_WORDS if word not in keywords]
+    if per_voice <= 0 or not pool:
+        return []
+    rng = np.random.default_rng([seed, index, 7])
+    return [pool[i] for i in sorted(rng.choice(len(pool), min(per_voice, len(pool)), False))]
 
 
 def _speaker_clips(job: _SpeakerJob) -> list[str]:
     """Write every clip of one speaker (runs in a worker process or in-line); the relative names."""
     names = []
-    for word in job.words:
-        for repetition in range(job.clips_per_voice):
+    plan = [(w, job.clips_per_voice) for w in job.words] + [(w, 1) for w in job.others]
+    for word, takes in plan:
+        for repetition in range(takes):
             rng = _clip_rng(job.seed, job.index, word, repetition)
             take = job.speaker if repetition == 0 else _repetition(job.speaker, rng)
             utterance = synthesize_word(word, take, SAMPLE_RATE, CLIP_SECONDS * 0.96)
@@ -736,8 +775,11 @@ def synthesize_corpus(
     progress: Optional[bool] = None,
     workers: int = 1,
     warn: Optional[Callable[[str], None]] = None,
+    other_words: int = OTHER_WORDS_PER_VOICE,
 ) -> SynthSummary:
-    """Write a Speech Commands-layout corpus of ``words`` said by ``voices`` synthetic speakers.
+    """Write a Speech Commands-layout corpus of ``words`` said by ``voices`` synthetic speakers,
+    each of whom also says ``other_words`` words of ``OTHER_WORDS`` (not among ``words``) once:
+    the ``_unknown_`` material a custom-keyword model learns to stay quiet on (0: none).
 
     ``out/WORD/SPEAKERID_nohash_N.wav`` (1 s, 16 kHz, mono, int16), ``validation_list.txt`` and
     ``testing_list.txt`` (speaker-disjoint), ``_background_noise_/*.wav`` and
@@ -772,14 +814,24 @@ def synthesize_corpus(
                 "(held-out splits need 3 or more voices): every clip goes to training"
             )
         lists: dict[str, list[str]] = {"training": [], "validation": [], "testing": []}
-        total = len(words) * len(speakers) * clips_per_voice
-        disable = not progress_enabled(progress)
-        for word in words:
-            (tmp / word).mkdir()
         jobs = [
-            _SpeakerJob(tuple(words), speaker, index, seed, clips_per_voice, str(tmp))
+            _SpeakerJob(
+                tuple(words),
+                speaker,
+                index,
+                seed,
+                clips_per_voice,
+                str(tmp),
+                tuple(other_words_of(words, other_words, seed, index)),
+            )
             for index, speaker in enumerate(speakers)
         ]
+        others = sorted({word for job in jobs for word in job.others})
+        other_clips = sum(len(job.others) for job in jobs)
+        total = len(words) * len(speakers) * clips_per_voice + other_clips
+        disable = not progress_enabled(progress)
+        for word in [*words, *others]:
+            (tmp / word).mkdir()
         workers = _worker_count(workers, total)
         with contextlib.ExitStack() as stack:
             bar = stack.enter_context(tqdm(total=total, desc="synth", unit="clip", disable=disable))
@@ -814,7 +866,9 @@ def synthesize_corpus(
         }
         manifest = {
             "generator": "kws-ghost synth (espeak-ng via espeakng-loader)",
-            "words": words,
+            "words": words,  # the keywords; kws-ghost train takes them as its default
+            "other_words": others,
+            "other_words_per_voice": other_words,
             "seed": seed,
             "clips_per_voice": clips_per_voice,
             "sample_rate": SAMPLE_RATE,
@@ -844,6 +898,7 @@ def synthesize_corpus(
     return SynthSummary(
         out=str(out_path),
         words=list(words),
+        other_words=others,
         speakers=len(speakers),
         clips=total,
         clips_per_voice=clips_per_voice,

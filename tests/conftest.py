@@ -30,6 +30,7 @@ def synth_corpus(tmp_path_factory) -> Path:
         seed=0,
         test_fraction=0.2,
         progress=False,
+        other_words=0,  # its other words are OTHER_WORDS (fewer: a shorter session)
     )
     return out
 

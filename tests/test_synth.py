@@ -28,7 +28,13 @@ def espeak():
 def corpus(tmp_path_factory, espeak):
     out = tmp_path_factory.mktemp("synth") / "corpus"
     summary = synth.synthesize_corpus(
-        ["yes", "no"], out, voices=6, clips_per_voice=2, seed=3, background_seconds=2.0
+        ["yes", "no"],
+        out,
+        voices=6,
+        clips_per_voice=2,
+        seed=3,
+        background_seconds=2.0,
+        other_words=0,
     )
     return out, summary
 
@@ -136,7 +142,7 @@ def test_same_seed_same_bytes_other_seed_other_audio(corpus, tmp_path):
     out, _ = corpus
     again = synth.synthesize_corpus(
         ["yes", "no"], tmp_path / "again", voices=6, clips_per_voice=2, seed=3,
-        background_seconds=2.0,
+        background_seconds=2.0, other_words=0,
     )  # fmt: skip
     assert again.splits == corpus[1].splits
     assert digest(tmp_path / "again") == digest(out)
@@ -150,7 +156,7 @@ def test_worker_processes_write_the_same_bytes(corpus, tmp_path):
     out, _ = corpus
     synth.synthesize_corpus(
         ["yes", "no"], tmp_path / "pool", voices=6, clips_per_voice=2, seed=3,
-        background_seconds=2.0, workers=2,
+        background_seconds=2.0, workers=2, other_words=0,
     )  # fmt: skip
     assert digest(tmp_path / "pool") == digest(out)
 
@@ -268,7 +274,7 @@ def test_cli_json_summary(tmp_path, espeak):
     result = CliRunner().invoke(
         main,
         ["synth", "--words", "up,down", "--voices", "3", "--clips-per-voice", "1"]
-        + ["--out", str(out), "--seed", "5", "--json"],
+        + ["--out", str(out), "--seed", "5", "--json", "--other-words", "0"],
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
@@ -321,7 +327,8 @@ def test_force_replaces_an_earlier_synth_corpus(tmp_path, espeak):
 @pytest.mark.parametrize("manifest_lists_files", [True, False])  # False: an earlier version's
 def test_force_keeps_the_files_the_user_added(tmp_path, espeak, manifest_lists_files):
     out = tmp_path / "corpus"
-    first = CliRunner().invoke(main, [*SMALL, "--out", str(out), "--seed", "1"])
+    earlier = [] if manifest_lists_files else ["--other-words", "0"]  # as earlier versions
+    first = CliRunner().invoke(main, [*SMALL, "--out", str(out), "--seed", "1", *earlier])
     assert first.exit_code == 0, first.output
     if not manifest_lists_files:
         manifest = json.loads((out / "synth_manifest.json").read_text())
@@ -462,3 +469,48 @@ def test_out_that_is_a_file_is_one_line(tmp_path, espeak):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0 and "file" in result.stderr
     assert target.read_text() == "x"
+
+
+def test_other_words_are_the_unknown_material_by_default(tmp_path, espeak):
+    """A custom-keyword corpus holds other speech too, and train takes its keywords."""
+    out = tmp_path / "corpus"
+    made = run_synth_words("yes,no,up", "--voices", "6", "--out", out, "--json")
+    summary = json.loads(made.stdout)
+    others = summary["other_words"]
+    assert len(others) > 24 and not set(others) & {"yes", "no", "up"}
+    assert set(others) <= set(synth.OTHER_WORDS)
+    per_speaker: dict[str, int] = {}
+    for word in others:
+        for clip in (out / word).glob("*.wav"):
+            speaker = clip.name.split("_")[0]
+            per_speaker[speaker] = per_speaker.get(speaker, 0) + 1
+    assert sorted(per_speaker.values()) == [24] * 6  # each voice says 24 other words once
+    assert summary["clips"] == 3 * 6 * 3 + 24 * 6
+    assert synth.corpus_keywords(out) == ["yes", "no", "up"]
+    trained = subprocess.run(
+        [sys.executable, "-m", "kws_ghost", "train", "--data", str(out), "--epochs", "1"]
+        + ["--hidden", "16", "--layers", "1", "--workers", "0", "--val-recording-minutes", "0.2"]
+        + ["--out", str(tmp_path / "run"), "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads(trained.stdout)["labels"] == ["_silence_", "_unknown_", "yes", "no", "up"]
+    assert "training the synth corpus's keywords yes, no, up" in trained.stderr
+    none = run_synth_words("yes", "--voices", "3", "--out", tmp_path / "bare", "--other-words", "0")
+    assert none.returncode == 0 and sorted(
+        p.name for p in (tmp_path / "bare").iterdir() if p.is_dir()
+    ) == [
+        "_background_noise_",
+        "yes",
+    ]
+
+
+def run_synth_words(words, *args):
+    result = subprocess.run(
+        [sys.executable, "-m", "kws_ghost", "synth", "--words", words, *map(str, args)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    return result

@@ -36,6 +36,14 @@ from kws_ghost.cli.options import json_option, threads_option
     help="Repetitions of each word per speaker (slightly varied rate and pitch).",
 )
 @click.option(
+    "--other-words",
+    type=click.IntRange(0),
+    default=24,
+    show_default=True,
+    help="Other common words each voice also says once, in their own folders: the _unknown_ "
+    "speech a keyword model learns to stay quiet on (0: none).",
+)
+@click.option(
     "--seed", type=click.IntRange(0), default=0, show_default=True, help="Same seed, same bytes."
 )
 @click.option(
@@ -72,6 +80,7 @@ def synth(
     out: str,
     voices: int,
     clips_per_voice: int,
+    other_words: int,
     seed: int,
     val_fraction: float,
     test_fraction: float,
@@ -83,7 +92,9 @@ def synth(
     """Synthesise WORDS with espeak-ng voices into a corpus in the Speech Commands layout.
 
     Each clip is 1 s of 16 kHz mono int16 audio with the word at a random offset and gain over a
-    low noise floor; validation and test lists hold whole speakers. Needs no network.
+    low noise floor; validation and test lists hold whole speakers. Every voice also says
+    --other-words common words (none of WORDS), so the model learns what is not a keyword;
+    `kws-ghost train --data OUT` then trains WORDS as its keywords. Needs no network.
     """
     from kws_ghost.threads import configure_threads
 
@@ -96,6 +107,7 @@ def synth(
         out,
         voices=voices,
         clips_per_voice=clips_per_voice,
+        other_words=other_words,
         seed=seed,
         val_fraction=val_fraction,
         test_fraction=test_fraction,
@@ -112,7 +124,13 @@ def synth(
         f"{name} {summary.splits[name]} clips / {summary.split_speakers[name]} speakers"
         for name in ("training", "validation", "testing")
     )
+    others = (
+        f", and {min(other_words, len(summary.other_words))} of {len(summary.other_words)} "
+        "other words each"
+        if summary.other_words
+        else ""
+    )
     click.echo(
         f"wrote {summary.clips} clips ({len(summary.words)} words x {summary.speakers} speakers x "
-        f"{summary.clips_per_voice}) to {summary.out} in {summary.seconds:.1f} s; {splits}"
+        f"{summary.clips_per_voice}{others}) to {summary.out} in {summary.seconds:.1f} s; {splits}"
     )

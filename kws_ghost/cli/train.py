@@ -115,6 +115,17 @@ def train(
             raise KwsError("--data is required (a Speech Commands-layout folder)")
         if config.keywords and not task_given:
             config.task = "custom"
+        elif not config.keywords and not task_given:
+            from kws_ghost.synth import corpus_keywords
+
+            keywords = corpus_keywords(config.data)  # a synth corpus says what its keywords are
+            if keywords:
+                config.task, config.keywords = "custom", keywords
+                click.echo(
+                    f"note: training the synth corpus's keywords {', '.join(keywords)} "
+                    "(--keywords or --task to choose others)",
+                    err=True,
+                )
         trainer = Trainer(
             config,
             model,
