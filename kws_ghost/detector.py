@@ -19,7 +19,8 @@ import numpy as np
 
 from kws_ghost.config import DetectorConfig
 from kws_ghost.runtime import KeywordRuntime, load_model
-from kws_ghost.stream import Event, KeywordDetector, choose_scorer
+from kws_ghost.scorers import choose_scorer
+from kws_ghost.stream import Event, KeywordDetector
 
 ModelLike = Union[str, "os.PathLike[str]", KeywordRuntime]
 

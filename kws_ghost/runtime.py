@@ -8,10 +8,8 @@ model (``.onnx``, onnxruntime, no torch), with what every consumer needs.
   recurrent step applied frame after frame with the state carried: the streaming model itself;
 * ``clip_logits(features [N, T, F])``: clip scores from the zero state by the model's pooling.
 
-``FrameScorer`` streams with the state carried exactly (live audio); ``SegmentScorer`` computes
-the same posteriors for a long recording as a batch of segments, each started ``warmup`` frames
-early so that its state has forgotten the zero start (a healthy streaming state forgets in well
-under a second: tested against the exact stream). Only numpy is imported at module level.
+The scorers that turn a stream of frames into posteriors with a runtime are
+``kws_ghost.scorers``. Only numpy is imported at module level.
 """
 
 from __future__ import annotations
@@ -261,93 +259,3 @@ def load_model(path: str | os.PathLike[str], threads: int = 1) -> KeywordRuntime
     if str(path).endswith(".onnx"):
         return OnnxRuntime(path, threads)
     return TorchRuntime.from_checkpoint(path)
-
-
-class FrameScorer:
-    """Exact streaming: frames in, frame logits out, the state carried from push to push.
-
-    One step per frame, whatever the push holds: a multi-frame call would run the input
-    projections as one matrix product, whose rounding depends on how many frames share it, and
-    a stream must score the same however its audio was chunked."""
-
-    def __init__(self, runtime: KeywordRuntime) -> None:
-        self.runtime = runtime
-        self.state = runtime.initial_state(1)
-
-    def push(self, frames: np.ndarray) -> np.ndarray:
-        """frames [n, F] -> logits [n, C]."""
-        logits = np.empty((len(frames), len(self.runtime.labels)), np.float32)
-        for t in range(len(frames)):
-            step, self.state = self.runtime.run(frames[None, t : t + 1], self.state)
-            logits[t] = step[0, 0]
-        return logits
-
-    def flush(self) -> np.ndarray:
-        return np.zeros((0, len(self.runtime.labels)), np.float32)
-
-
-class SegmentScorer:
-    """The stream's frame logits for a long recording, computed as a batch: frames are gathered
-    until ``batch`` segments of ``segment`` frames are complete, and each segment runs from the
-    zero state over the ``warmup`` frames before it, whose outputs are dropped. The first segment
-    of the stream starts at frame 0 from the zero state, exactly as the stream does.
-
-    A file goes through in ``batch``-wide steps (at batch 1 a frame is all overhead); memory is
-    one block of ``batch * segment`` frames (about 4 minutes) whatever the length. ``push``
-    returns the logits of the frames it could score (none, until a block is full); ``flush``
-    those of the rest.
-    """
-
-    def __init__(
-        self, runtime: KeywordRuntime, segment: int = 400, warmup: int = 200, batch: int = 64
-    ) -> None:
-        if segment < 1 or warmup < 0 or batch < 1:
-            raise ValueError("segment and batch must be positive and warmup non-negative")
-        self.runtime = runtime
-        self.segment = segment
-        self.warmup = warmup
-        self.block = segment * batch
-        self.context: Optional[np.ndarray] = None  # the `warmup` frames before `pending`
-        self.pending: list[np.ndarray] = []
-        self.pending_frames = 0
-
-    def push(self, frames: np.ndarray) -> np.ndarray:
-        """frames [n, F] -> logits [k, C] of the next k frames (0 <= k)."""
-        if len(frames):
-            self.pending.append(frames)
-            self.pending_frames += len(frames)
-        if self.pending_frames < self.block:
-            return np.zeros((0, len(self.runtime.labels)), np.float32)
-        joined = np.concatenate(self.pending)
-        whole = len(joined) // self.block * self.block  # every full block (a long push has many)
-        self.pending = [joined[whole:]]
-        self.pending_frames = len(self.pending[0])
-        return np.concatenate(
-            [self._score(joined[i : i + self.block]) for i in range(0, whole, self.block)]
-        )
-
-    def flush(self) -> np.ndarray:
-        """The logits of every frame still waiting."""
-        rest = np.concatenate(self.pending) if self.pending else np.zeros((0, 0), np.float32)
-        self.pending, self.pending_frames = [], 0
-        if len(rest) == 0:
-            return np.zeros((0, len(self.runtime.labels)), np.float32)
-        return self._score(rest)
-
-    def _score(self, frames: np.ndarray) -> np.ndarray:
-        n = len(frames)
-        context = self.context if self.context is not None else frames[:0]
-        joined = np.concatenate([context, frames]) if len(context) else frames
-        first = len(context)
-        starts = range(first, first + n, self.segment)
-        spans = [(max(0, s - self.warmup), s, min(s + self.segment, first + n)) for s in starts]
-        width = max(stop - lo for lo, _, stop in spans)
-        batch = np.empty((len(spans), width, joined.shape[1]), np.float32)
-        for row, (lo, _, stop) in enumerate(spans):
-            batch[row, : stop - lo] = joined[lo:stop]
-            batch[row, stop - lo :] = joined[stop - 1]  # padding after the end: outputs unused
-        logits, _ = self.runtime.run(batch, self.runtime.initial_state(len(spans)))
-        self.context = joined[max(0, len(joined) - self.warmup) :].copy()
-        return np.concatenate(
-            [logits[row, s - lo : stop - lo] for row, (lo, s, stop) in enumerate(spans)]
-        )

@@ -3,12 +3,8 @@
 Three stages, each usable alone:
 
 * ``StreamingFrontend`` (``kws_ghost.frontend``) turns samples into feature frames, each once;
-* a *scorer* turns frames into per-frame posteriors. ``stream``: the recurrent model stepped once
-  per frame with its state carried (``FrameScorer``), the model a device runs. ``segments``:
-  the same posteriors for a file computed as a batch of segments with a warm-up overlap
-  (``SegmentScorer``, many times faster; tested to give the events of ``stream``). ``window``:
-  every ``hop`` the trailing 1 s window is rescored from the zero state, for models trained on
-  isolated clips, whose state is not meant to be carried;
+* a *scorer* (``kws_ghost.scorers``: ``stream``, ``segments`` or ``window``, chosen by
+  ``choose_scorer``) turns frames into per-frame posteriors;
 * ``EventDecoder`` smooths the posteriors (moving average over ``smoothing`` seconds), applies
   the threshold, ``patience`` (seconds above it before a run counts) and a ``refractory`` period
   after each event, and turns each run of high scores into one event. ``_silence_`` and
@@ -30,20 +26,9 @@ import numpy as np
 from kws_ghost.config import DetectorConfig, FrontendConfig
 from kws_ghost.errors import KwsError
 from kws_ghost.frontend import StreamingFrontend, frame_levels
-from kws_ghost.runtime import (
-    SILENCE,
-    UNKNOWN,
-    FrameScorer,
-    KeywordRuntime,
-    SegmentScorer,
-    softmax,
-)
+from kws_ghost.runtime import SILENCE, UNKNOWN, KeywordRuntime
+from kws_ghost.scorers import make_scorer
 
-SCORERS = ("auto", "stream", "segments", "window")
-# The segment scorer: segments of 4 s, each after 2 s of warm-up that a trained state forgets its
-# zero start in (the events equal strict streaming's: tested).
-SEGMENT_SECONDS = 4.0
-WARMUP_SECONDS = 2.0
 LOOKBACK_SECONDS = 2.5  # levels kept to find a word's speech before the model fires
 MAX_RUN_SECONDS = 1.0  # a run of high scores this long gives its event without waiting more
 MIN_EVENT_SECONDS = 0.05
@@ -63,86 +48,6 @@ class Event:
             "end": round(self.end, 3),
             "score": round(self.score, 4),
         }
-
-
-class WindowScorer:
-    """Frames in, posteriors out, by rescoring the trailing window (``clip_samples`` of audio)
-    from the zero state every ``hop_ms``; each frame holds the posteriors of the last window
-    scored. Memory is one window of frames."""
-
-    def __init__(self, runtime: KeywordRuntime, hop_ms: float = 100.0) -> None:
-        fe = runtime.frontend_config
-        self.runtime = runtime
-        self.window = fe.num_frames(fe.clip_samples)
-        self.hop = max(1, int(round(hop_ms / fe.hop_ms)))
-        self.ring = np.zeros((self.window, fe.num_features), np.float32)
-        self.frames_seen = 0
-        self.current = np.zeros(len(runtime.labels), np.float32)  # nothing scored yet
-        if SILENCE in runtime.labels:
-            self.current[runtime.labels.index(SILENCE)] = 1.0
-
-    def push(self, frames: np.ndarray) -> np.ndarray:
-        n = self.window
-        windows, rows = [], []
-        for i, frame in enumerate(frames):
-            self.ring[self.frames_seen % n] = frame
-            self.frames_seen += 1
-            first = self.frames_seen - n
-            if first >= 0 and first % self.hop == 0:
-                windows.append(self.ring[(np.arange(n) + self.frames_seen) % n])
-                rows.append(i)
-        out = np.empty((len(frames), len(self.runtime.labels)), np.float32)
-        if windows:  # one window a call: a batch's rounding would depend on the push size
-            scores = [self.runtime.clip_logits(window[None]) for window in windows]
-            probabilities = softmax(np.concatenate(scores))
-        position = 0
-        for k, row in enumerate(rows + [len(frames)]):
-            out[position:row] = self.current
-            if k < len(rows):
-                self.current = probabilities[k]
-            position = row
-        return out
-
-    def flush(self) -> np.ndarray:
-        return np.zeros((0, len(self.runtime.labels)), np.float32)
-
-
-def choose_scorer(runtime: KeywordRuntime, requested: str = "auto", live: bool = True) -> str:
-    """The scorer a stream runs: ``requested`` unless ``auto``; ``auto`` is the strict
-    ``stream`` for live audio, ``segments`` for a file (the same posteriors, batched), and
-    ``window`` for a model trained on isolated clips. Live audio never takes ``segments``: it
-    cannot wait for a block of them, so a request for it streams instead."""
-    if requested == "auto":
-        if not runtime.streaming:
-            return "window"
-        return "segments" if not live else "stream"
-    return "stream" if live and requested == "segments" else requested
-
-
-def make_scorer(runtime: KeywordRuntime, kind: str, hop_ms: float = 100.0) -> Any:
-    """A scorer for ``kind`` (see the module notes); ``auto``: ``choose_scorer`` of a live
-    stream (``stream``, or ``window`` for clip-trained models)."""
-    kind = choose_scorer(runtime, kind, live=True) if kind == "auto" else kind
-    if kind not in SCORERS:
-        raise KwsError(f"unknown scorer {kind!r}: use {', '.join(SCORERS)}")
-    if kind == "window":
-        if runtime.streaming:
-            raise KwsError(
-                f"{runtime.path} is a streaming model: its clip scores are decisions, not "
-                "posteriors to rescore windows with; use --scorer stream or segments"
-            )
-        return WindowScorer(runtime, hop_ms)
-    if not runtime.streaming:
-        raise KwsError(
-            f"{runtime.path} was trained on isolated clips ({runtime.model_config.pooling} "
-            "pooling), so its state is not meant to be carried: use --scorer window"
-        )
-    if kind == "segments":
-        fps = runtime.frontend_config.frames_per_second
-        return SegmentScorer(
-            runtime, int(round(SEGMENT_SECONDS * fps)), int(round(WARMUP_SECONDS * fps))
-        )
-    return FrameScorer(runtime)
 
 
 class EventDecoder:
@@ -412,8 +317,7 @@ class KeywordDetector:
         """End of stream: the posteriors and levels of the frames the scorer still held."""
         return self._scored(self.scorer.flush())
 
-    def _scored(self, scored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        posteriors = scored if isinstance(self.scorer, WindowScorer) else softmax(scored)
+    def _scored(self, posteriors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         levels, self.levels = self.levels[: len(posteriors)], self.levels[len(posteriors) :]
         return posteriors, levels
 

@@ -283,15 +283,14 @@ def score_audio(
 def score_features(runtime: Any, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``score_audio`` for stored features of a streaming model (segment scorer)."""
     from kws_ghost.frontend import frame_levels
-    from kws_ghost.runtime import SegmentScorer, softmax
-    from kws_ghost.stream import make_scorer
+    from kws_ghost.scorers import make_scorer
 
-    scorer: SegmentScorer = make_scorer(runtime, "segments")
+    scorer = make_scorer(runtime, "segments")
     parts = [
         scorer.push(features[i : i + BLOCK_FRAMES]) for i in range(0, len(features), BLOCK_FRAMES)
     ]
     parts.append(scorer.flush())
-    return softmax(np.concatenate(parts)), frame_levels(features, runtime.frontend_config)
+    return np.concatenate(parts), frame_levels(features, runtime.frontend_config)
 
 
 def det_curve(

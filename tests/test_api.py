@@ -65,7 +65,7 @@ def test_detector_gives_the_events_of_detect_in_any_chunks(exported, test_record
 def test_scores_are_the_keyword_posteriors_of_each_frame(exported, test_recording):
     from kws_ghost import Detector, load_model
     from kws_ghost.frontend import compute_features
-    from kws_ghost.runtime import FrameScorer, softmax
+    from kws_ghost.scorers import FrameScorer
 
     wav, _ = test_recording
     audio = soundfile.read(wav, dtype="float32")[0][: 5 * 16000]
@@ -74,7 +74,7 @@ def test_scores_are_the_keyword_posteriors_of_each_frame(exported, test_recordin
     assert all(list(p) == ["yes", "up"] for p in parts)
     runtime = load_model(exported)
     frames = compute_features(audio, runtime.frontend_config)
-    posteriors = softmax(FrameScorer(runtime).push(frames))
+    posteriors = FrameScorer(runtime).push(frames)
     for keyword in ("yes", "up"):
         got = np.concatenate([p[keyword] for p in parts])
         assert np.array_equal(got, posteriors[:, runtime.labels.index(keyword)])

@@ -22,7 +22,8 @@ from kws_ghost.export import (
     step_module,
 )
 from kws_ghost.models import build_model
-from kws_ghost.runtime import FrameScorer, OnnxRuntime, load_model
+from kws_ghost.runtime import OnnxRuntime, load_model
+from kws_ghost.scorers import FrameScorer
 
 FEATURES = 10
 LABELS = ["yes", "no", "_silence_", "_unknown_"]

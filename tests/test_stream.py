@@ -17,7 +17,8 @@ from kws_ghost.cli import main
 from kws_ghost.config import DetectorConfig, FrontendConfig, ModelConfig
 from kws_ghost.frontend import StreamingFrontend, compute_features, frame_levels
 from kws_ghost.models import build_model
-from kws_ghost.runtime import FrameScorer, SegmentScorer, load_model, softmax
+from kws_ghost.runtime import load_model, softmax
+from kws_ghost.scorers import FrameScorer, SegmentScorer
 from kws_ghost.stream import EventDecoder, KeywordDetector, decode, resolve_threshold
 
 LABELS = ["_silence_", "_unknown_", "yes", "no"]
@@ -89,7 +90,7 @@ def test_state_carried_across_chunks_equals_one_pass(arch):
                 break
             parts.append(scorer.push(frames[position : position + int(size)]))
             position += int(size)
-        assert np.abs(np.concatenate(parts) - whole).max() < 1e-4
+        assert np.abs(np.concatenate(parts) - softmax(whole)).max() < 1e-4
 
 
 def load_model_from(model, labels=LABELS):
@@ -117,13 +118,13 @@ def test_segment_scorer_matches_the_stream_after_its_warm_up():
     grows (an untrained model forgets slowly; the trained one is checked by its events)."""
     runtime = load_model_from(random_model())
     frames = compute_features(speechless_audio(12.0, seed=3), FE)
-    exact = softmax(FrameScorer(runtime).push(frames))
+    exact = FrameScorer(runtime).push(frames)
     errors = []
     for warmup in (50, 150, 400):
         scorer = SegmentScorer(runtime, segment=150, warmup=warmup, batch=3)
         parts = [scorer.push(frames[i : i + 400]) for i in range(0, len(frames), 400)]
         assert sum(len(p) for p in parts) == len(frames) // 450 * 450  # whole blocks so far
-        batched = softmax(np.concatenate([*parts, scorer.flush()]))
+        batched = np.concatenate([*parts, scorer.flush()])
         assert batched.shape == exact.shape
         assert np.abs(batched[:150] - exact[:150]).max() < 1e-5  # the stream's own start
         errors.append(np.abs(batched - exact).max())
@@ -355,6 +356,19 @@ def test_detect_continues_after_a_bad_file(random_checkpoint, tmp_path):
     assert result.stdout.startswith("file,keyword") and "bad.wav" in result.stderr
 
 
+@pytest.mark.parametrize("kind", ["stream", "segments", "window"])
+def test_every_scorer_gives_posteriors(kind):
+    """One contract: push and flush give probabilities over the labels, one row per frame."""
+    from kws_ghost.scorers import make_scorer
+
+    runtime = load_model_from(random_model(pooling="mean" if kind == "window" else "max"))
+    scorer = make_scorer(runtime, kind)
+    frames = compute_features(speechless_audio(3.0), FE)
+    out = np.concatenate([scorer.push(frames[:120]), scorer.push(frames[120:]), scorer.flush()])
+    assert out.shape == (len(frames), len(LABELS)) and (out >= 0).all()
+    assert np.allclose(out.sum(axis=1), 1.0, atol=1e-5)
+
+
 def test_window_scorer_for_clip_trained_models(tmp_path):
     """A clip-trained model (mean pooling) is rescored window by window; streaming it is
     refused, since its state is not trained to be carried."""
@@ -421,10 +435,10 @@ def test_segments_across_blocks_equal_the_stream_for_the_trained_model(trained_r
     wav, _ = test_recording
     runtime = load_model(trained_run["best"])
     frames = compute_features(soundfile.read(wav, dtype="float32")[0], FE)
-    exact = softmax(FrameScorer(runtime).push(frames))
+    exact = FrameScorer(runtime).push(frames)
     scorer = SegmentScorer(runtime, segment=400, warmup=200, batch=2)
     parts = [scorer.push(frames[i : i + 700]) for i in range(0, len(frames), 700)]
-    batched = softmax(np.concatenate([*parts, scorer.flush()]))
+    batched = np.concatenate([*parts, scorer.flush()])
     config = DetectorConfig(threshold=0.3)
     levels = frame_levels(frames, FE)
     strict = [e.as_dict() for e in decode(exact, levels, runtime.labels, config, FE)]

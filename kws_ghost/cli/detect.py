@@ -76,7 +76,8 @@ def detect(
     from kws_ghost.pipe_audio import iter_stdin_audio
     from kws_ghost.progress import progress_enabled
     from kws_ghost.runtime import load_model
-    from kws_ghost.stream import KeywordDetector, choose_scorer
+    from kws_ghost.scorers import choose_scorer
+    from kws_ghost.stream import KeywordDetector
     from kws_ghost.threads import configure_threads
 
     config = detector_config(options)

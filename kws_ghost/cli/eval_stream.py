@@ -146,7 +146,7 @@ def eval_stream(
     from kws_ghost.checkpoint import find_default_model
     from kws_ghost.fileio import check_png_output
     from kws_ghost.runtime import load_model
-    from kws_ghost.stream import choose_scorer
+    from kws_ghost.scorers import choose_scorer
     from kws_ghost.stream_eval import evaluate_recording, load_truth, plot_det, truth_path
     from kws_ghost.threads import configure_threads
 
