@@ -37,21 +37,19 @@ from pathlib import Path
 from kws_ghost.audio import iter_audio_blocks
 from kws_ghost.config import DetectorConfig
 from kws_ghost.data import scan_corpus
-from kws_ghost.fileio import write_json
-from kws_ghost.runtime import load_model
-from kws_ghost.stream import KeywordDetector
-from kws_ghost.stream_eval import (
+from kws_ghost.det import (
     DET_THRESHOLDS,
     Scored,
-    build_recording,
     det_curve,
-    load_truth,
     match_events,
     operating_point,
     rate_at_hit_rate,
     score_audio,
-    truth_path,
 )
+from kws_ghost.fileio import write_json
+from kws_ghost.recordings import build_recording, load_truth, truth_path
+from kws_ghost.runtime import load_model
+from kws_ghost.stream import KeywordDetector
 
 HIT_RATES = (0.5, 0.6, 0.7, 0.8)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from kws_ghost.fileio import write_json
-from kws_ghost.stream_eval import build_recording
+from kws_ghost.recordings import build_recording
 from kws_ghost.synth import synthesize_corpus
 from kws_ghost.threads import available_cores
 

@@ -29,6 +29,7 @@ import numpy as np
 from kws_ghost.config import FrontendConfig, SequenceConfig
 from kws_ghost.data import SILENCE, UNKNOWN, ClipDataset, Item, speech_span
 from kws_ghost.errors import KwsError
+from kws_ghost.recordings import looped
 
 IGNORE = -100  # frame target that no loss term reads
 UNKNOWN_TAIL_SECONDS = 0.1  # other words stay _unknown_ this long after they end
@@ -180,10 +181,10 @@ class SequenceDataset:
         if not noise or rng.uniform() >= self.config.noise_prob:
             return bed
         source = noise[rng.integers(len(noise))]
-        reps = math.ceil(self.samples / len(source)) + 1
         offset = int(rng.integers(len(source)))
-        looped = np.tile(source, reps)[offset : offset + self.samples]
-        return bed + looped * rng.uniform(0.0, self.config.noise_volume)
+        return bed + looped(source, self.samples, offset) * rng.uniform(
+            0.0, self.config.noise_volume
+        )
 
 
 def reverberate(audio: np.ndarray, rng: np.random.Generator, sample_rate: int) -> np.ndarray:

@@ -204,7 +204,7 @@ def build_data(
         train_set: Any = SequenceDataset(
             train_clips, labels, config.sequence, frontend, seed, others
         )
-        from kws_ghost.stream_eval import ValidationRecordings
+        from kws_ghost.validation import ValidationRecordings
 
         if recordings and ValidationRecordings.possible(corpus, labels):
             validation_recordings = ValidationRecordings(

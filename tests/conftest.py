@@ -82,7 +82,7 @@ def exported(trained_run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def test_recording(trained_run, tmp_path_factory) -> tuple[Path, dict]:
     """A 40 s recording of test-split keywords and other words over noise, with its truth."""
-    from kws_ghost.stream_eval import build_recording
+    from kws_ghost.recordings import build_recording
 
     wav = tmp_path_factory.mktemp("stream") / "stream.wav"
     truth = build_recording(

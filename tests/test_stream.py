@@ -402,7 +402,7 @@ def detect_json(wav, model, *options):
 
 
 def test_trained_model_finds_keywords_at_their_times(trained_run, test_recording):
-    from kws_ghost.stream_eval import evaluate_recording, match_events
+    from kws_ghost.det import evaluate_recording, match_events
 
     wav, truth = test_recording
     events = detect_json(wav, trained_run["best"])

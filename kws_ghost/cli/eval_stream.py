@@ -63,7 +63,7 @@ def make_stream(
     from kws_ghost.threads import configure_threads
 
     configure_threads(threads, "stream")
-    from kws_ghost.stream_eval import build_recording, check_recording_output, truth_path
+    from kws_ghost.recordings import build_recording, check_recording_output, truth_path
 
     check_recording_output(out)
     if keywords:
@@ -144,10 +144,11 @@ def eval_stream(
 ) -> None:
     """Hit rate, false alarms per hour and DET curve of a model on a test RECORDING."""
     from kws_ghost.checkpoint import find_default_model
+    from kws_ghost.det import evaluate_recording, plot_det
     from kws_ghost.fileio import check_png_output
+    from kws_ghost.recordings import load_truth, truth_path
     from kws_ghost.runtime import load_model
     from kws_ghost.scorers import choose_scorer
-    from kws_ghost.stream_eval import evaluate_recording, load_truth, plot_det, truth_path
     from kws_ghost.threads import configure_threads
 
     config = detector_config(options)  # usage errors before any work

@@ -1,39 +1,22 @@
 """Detection quality as users judge it: hit rate against false alarms per hour (DET).
 
-``compose_recording`` lays clips of a Speech Commands-layout folder end to end over background
-noise (keywords and, between them, other words as distractors) and records where each word is;
-with ``distractor_ratio=1`` it makes a negatives-only recording, long enough to count false
-alarms. ``evaluate_recording`` runs the detector over a recording once, then replays its
-posteriors through the event decoder at many thresholds: the DET curve. The hit rate comes from
-the keyword recording, the false-alarm rate from the negatives-only one where given (else from
-the keyword recording itself). ``ValidationRecordings`` does this for training, on recordings of
-validation speakers built once, so that ``best.pt`` is the epoch with the best hit rate at a
-target false-alarm rate.
+``evaluate_recording`` runs the detector over a recording (``kws_ghost.recordings``) once, then
+replays its posteriors through the event decoder at many thresholds: the DET curve. The hit rate
+comes from the keyword recording, the false-alarm rate from the negatives-only one where given
+(else from the keyword recording itself). ``match_events`` says which events hit which words;
+``summarize`` is what a checkpoint carries; ``plot_det`` draws the curve.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from kws_ghost.config import DetectorConfig, FrontendConfig
-from kws_ghost.data import (
-    SILENCE,
-    UNKNOWN,
-    Corpus,
-    canonical_split,
-    fit_length,
-    scan_corpus,
-    speech_span,
-)
-from kws_ghost.errors import KwsError
-from kws_ghost.fileio import write_json
 
 # Thresholds of a DET curve: coarse steps, then fine ones where models trained with label
 # smoothing keep their peaks (0.8-0.99), then ever closer to 1.
@@ -50,159 +33,6 @@ DET_THRESHOLDS = tuple(
 )
 DECODER_SETTINGS = ("smoothing", "patience", "refractory")
 BLOCK_FRAMES = 12000  # frames scored per call when replaying stored features (2 minutes)
-
-
-def compose_recording(
-    corpus: Corpus,
-    keywords: Sequence[str],
-    duration: float = 60.0,
-    split: str = "testing",
-    distractor_ratio: float = 0.5,
-    gap: tuple[float, float] = (1.0, 2.5),
-    noise_volume: float = 0.05,
-    seed: int = 0,
-    sample_rate: int = 16000,
-    every_keyword: bool = False,
-    warn: Optional[Any] = None,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """(audio, truth): words of ``split`` trimmed to their speech, ``gap`` seconds apart, over a
-    background-noise bed; a fraction ``distractor_ratio`` of the words are other (non-keyword)
-    words, which must not fire. ``every_keyword``: each keyword clip of the split once (in random
-    order, the recording as long as that takes) instead of random ones for ``duration``. An
-    unreadable clip is left out (and named through ``warn``, when given)."""
-    from kws_ghost.audio import load_audio
-
-    split = canonical_split(split)
-    keywords = [k for k in keywords if k not in (SILENCE, UNKNOWN)]
-    pool = {k: corpus.clips(k, split) for k in keywords}
-    pool = {k: v for k, v in pool.items() if v}
-    others = [p for w in sorted(corpus.words) if w not in keywords for p in corpus.clips(w, split)]
-    if not pool and distractor_ratio < 1:
-        raise KwsError(f"{corpus.root}: no {split} clips for {', '.join(keywords)}")
-    if not others and distractor_ratio >= 1:
-        raise KwsError(f"{corpus.root}: no {split} clips of words other than the keywords")
-    rng = np.random.default_rng(seed)
-    todo = [(k, p) for k in sorted(pool) for p in pool[k]]
-    todo = [todo[i] for i in rng.permutation(len(todo))] if every_keyword else []
-    words: list[tuple[int, np.ndarray, Optional[str], str]] = []  # (start, speech, keyword, path)
-    queue: list[str] = []
-    limit = None if every_keyword else int(duration * sample_rate) - sample_rate // 2
-    t = int(rng.uniform(*gap) * sample_rate)
-    if every_keyword and distractor_ratio >= 1:
-        raise KwsError("--every-keyword lays each keyword once: it needs --distractors below 1")
-    while True:
-        if every_keyword and not todo:
-            break
-        distractor = rng.uniform() < distractor_ratio or (not pool and not every_keyword)
-        if others and distractor:
-            keyword, relpath = None, others[rng.integers(len(others))]
-        elif every_keyword:
-            if not todo:
-                break
-            keyword, relpath = todo.pop()
-        else:
-            if not queue:  # keywords in shuffled rounds, so each appears about equally often
-                queue = list(rng.permutation(sorted(pool)))
-            keyword = str(queue.pop())
-            relpath = pool[keyword][rng.integers(len(pool[keyword]))]
-        try:
-            clip = fit_length(load_audio(corpus.root / relpath, sample_rate), sample_rate)
-        except KwsError as exc:
-            if warn is not None:
-                warn(f"warning: skipping an unreadable clip: {exc}")
-            for clips in (others, *pool.values()):
-                if relpath in clips:
-                    clips.remove(relpath)
-            if not others and not any(pool.values()):
-                raise KwsError(f"{corpus.root}: every {split} clip is unreadable") from exc
-            pool = {k: v for k, v in pool.items() if v}
-            queue = [k for k in queue if k in pool]
-            continue
-        lo, hi = speech_span(clip, sample_rate)
-        if limit is not None and t + (hi - lo) >= limit:
-            break
-        words.append((t, clip[lo:hi], keyword, relpath))
-        t += (hi - lo) + int(rng.uniform(*gap) * sample_rate)
-    total = t + sample_rate // 2 if every_keyword else int(duration * sample_rate)
-    audio = np.zeros(total, dtype=np.float32)
-    for start, speech, _, _ in words:
-        audio[start : start + len(speech)] += speech
-    if corpus.noise_files and noise_volume > 0:
-        noise = load_audio(corpus.noise_files[rng.integers(len(corpus.noise_files))], sample_rate)
-        offset = int(rng.integers(len(noise)))
-        reps = int(np.ceil((total + offset) / len(noise)))
-        audio += noise_volume * np.tile(noise, reps)[offset : offset + total]
-    truth = [
-        {
-            "keyword": keyword,
-            "word": relpath.split("/")[0],
-            "start": round(start / sample_rate, 3),
-            "end": round((start + len(speech)) / sample_rate, 3),
-            "source": relpath,
-        }
-        for start, speech, keyword, relpath in words
-    ]
-    record = {
-        "sample_rate": sample_rate,
-        "duration": total / sample_rate,
-        "keywords": sorted(pool),
-        "events": [e for e in truth if e["keyword"]],
-        "distractors": [e for e in truth if not e["keyword"]],
-    }
-    return np.clip(audio, -1, 1), record
-
-
-def build_recording(
-    data_dir: str | os.PathLike[str],
-    out_wav: str | os.PathLike[str],
-    keywords: Sequence[str],
-    **options: Any,
-) -> dict[str, Any]:
-    """``compose_recording`` written as a WAV with the truth JSON beside it (``.json``)."""
-    from kws_ghost.audio import write_wav
-
-    audio, record = compose_recording(scan_corpus(data_dir), keywords, **options)
-    record["wav"] = str(out_wav)
-    write_json(truth_path(out_wav), record)  # first: it is what says the WAV is ours
-    write_wav(out_wav, audio, record["sample_rate"])
-    return record
-
-
-def check_recording_output(wav: str | os.PathLike[str]) -> None:
-    """make-stream replaces only a recording it wrote itself (its truth file says so)."""
-    wav = Path(wav)
-    truth = truth_path(wav)
-    if truth == wav:
-        raise KwsError(f"--out {wav}: the truth goes beside the recording as .json; name a .wav")
-    for path in (wav, truth):
-        if path.exists() and not _made_by_make_stream(truth, wav):
-            raise KwsError(
-                f"{path} exists and was not written by make-stream; it is left as it is: "
-                "choose another --out"
-            )
-
-
-def _made_by_make_stream(truth: Path, wav: Path) -> bool:
-    try:
-        record = json.loads(truth.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and Path(str(record.get("wav", ""))).name == wav.name
-
-
-def truth_path(wav: str | os.PathLike[str]) -> Path:
-    return Path(wav).with_suffix(".json")
-
-
-def load_truth(path: str | os.PathLike[str]) -> dict[str, Any]:
-    try:
-        record = json.loads(Path(path).read_text())
-        record["events"], record["duration"]  # noqa: B018 - both are required
-        return record
-    except FileNotFoundError as exc:
-        raise KwsError(f"{path}: no truth file (make one with `kws-ghost make-stream`)") from exc
-    except (ValueError, KeyError, TypeError) as exc:
-        raise KwsError(f"{path}: not a truth file made by `kws-ghost make-stream`") from exc
 
 
 def match_events(
@@ -418,81 +248,6 @@ def evaluate_recording(
         "false_alarms_per_hour_at_hit_rate_0.7": rate_at_hit_rate(det, 0.7),
         "det": det,
     }
-
-
-class ValidationRecordings:
-    """Recordings of validation speakers, built once per run, scored after every epoch: every
-    validation keyword clip once among other words (the hit rate) and ``minutes`` of other words
-    and noise only (the false-alarm rate; without other words in the split, the keyword
-    recording's own false alarms count). Their features are computed once and kept.
-    ``possible`` says whether a corpus's validation split can make them."""
-
-    @staticmethod
-    def possible(corpus: Corpus, labels: list[str]) -> bool:
-        return any(
-            corpus.clips(label, "validation") for label in labels if label not in (SILENCE, UNKNOWN)
-        )
-
-    def __init__(
-        self,
-        corpus: Corpus,
-        labels: list[str],
-        frontend: FrontendConfig,
-        minutes: float = 30.0,
-        seed: int = 0,
-        warn: Optional[Any] = None,
-    ) -> None:
-        from kws_ghost.frontend import compute_features
-
-        keywords = [label for label in labels if label not in (SILENCE, UNKNOWN)]
-        rate = frontend.sample_rate
-        audio, truth = compose_recording(
-            corpus,
-            keywords,
-            split="validation",
-            seed=seed,
-            sample_rate=rate,
-            every_keyword=True,
-            warn=warn,
-        )
-        self.keywords = {"features": compute_features(audio, frontend), "truth": truth}
-        self.negatives = None
-        others = [w for w in corpus.words if w not in keywords and corpus.clips(w, "validation")]
-        if others and minutes > 0:
-            audio, truth = compose_recording(
-                corpus,
-                keywords,
-                minutes * 60,
-                "validation",
-                1.0,
-                seed=seed + 1,
-                sample_rate=rate,
-                warn=warn,
-            )
-            self.negatives = {"features": compute_features(audio, frontend), "truth": truth}
-        self.labels = labels
-        self.frontend = frontend
-
-    @property
-    def words(self) -> int:
-        return len(self.keywords["truth"]["events"])
-
-    @property
-    def negative_hours(self) -> float:
-        source = self.negatives or self.keywords
-        return source["truth"]["duration"] / 3600
-
-    def evaluate(self, runtime: Any, target: float) -> dict[str, Any]:
-        """``summarize`` of the DET of ``runtime`` on these recordings."""
-        scored = [
-            Scored(*score_features(runtime, part["features"]), part["truth"])
-            for part in (self.keywords, self.negatives)
-            if part is not None
-        ]
-        det = det_curve(
-            scored[0], scored[1] if len(scored) > 1 else None, self.labels, self.frontend
-        )
-        return summarize(det, target, self.words, self.negative_hours)
 
 
 def plot_det(result: dict[str, Any], path: str | os.PathLike[str]) -> None:
