@@ -148,9 +148,14 @@ class ModelConfig:
         POOLINGS,
     )
     num_classes: int = 12  # set from the labels
+    # the training objective (kws_ghost.objectives), set by train; None in files of earlier
+    # versions, whose pooling tells (max: stream)
+    objective: Optional[str] = None
 
     def validate(self) -> None:
         _choice("model", self.arch, ARCHITECTURES)
+        if self.objective is not None:
+            _choice("objective", self.objective, OBJECTIVES)
         _choice("cheap operation", self.cheap_op, CHEAP_OPERATIONS)
         _choice("cheap-operation activation", self.cheap_activation, ACTIVATIONS)
         _choice("pooling", self.pooling, POOLINGS)
@@ -160,6 +165,14 @@ class ModelConfig:
             raise KwsError(f"ratio must be >= 1, not {self.ratio}")
         if not 0 <= self.dropout < 1:
             raise KwsError(f"dropout must be in [0, 1), not {self.dropout}")
+
+    @property
+    def streams(self) -> bool:
+        """Whether the model was trained on streams, so its state may be carried forever
+        (clip-trained models only score windows from a zero state)."""
+        if self.objective is not None:
+            return self.objective == "stream"
+        return self.pooling == "max"
 
     @property
     def cell(self) -> str:

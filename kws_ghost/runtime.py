@@ -85,8 +85,8 @@ class KeywordRuntime:
     @property
     def streaming(self) -> bool:
         """True for models trained on streams (per-frame targets), whose state may be carried
-        forever; clip-trained models (mean/last pooling) only score windows from a zero state."""
-        return self.model_config.pooling == "max"
+        forever; clip-trained models only score windows from a zero state."""
+        return self.model_config.streams
 
     def corpus(self) -> Optional[Path]:
         """The corpus the model was trained on, where it still is (None: unknown or gone)."""

@@ -49,6 +49,7 @@ def test_run_folder_holds_config_metrics_checkpoints_and_the_det(trained_run):
     run_dir = trained_run["dir"]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["model"]["arch"] == "ghost-gru" and config["train"]["objective"] == "stream"
+    assert config["model"]["objective"] == "stream"  # the model config records its objective
     assert config["labels"][2:] == ["yes", "no", "up", "down"]
     assert Path(config["train"]["data"]).is_absolute()
     metrics = read_metrics(run_dir)
@@ -57,7 +58,7 @@ def test_run_folder_holds_config_metrics_checkpoints_and_the_det(trained_run):
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     for record in metrics:  # every epoch scores the validation recordings
         assert 0 <= record["val_hit_rate"] <= 1 and "val_fa_per_hour" in record
-    from kws_ghost.train import best_epoch
+    from kws_ghost.runs import best_epoch
 
     best = load_checkpoint(run_dir / "best.pt")
     assert best.extra["metrics"]["epoch"] == best_epoch(metrics)["epoch"]
@@ -74,7 +75,7 @@ def test_run_folder_holds_config_metrics_checkpoints_and_the_det(trained_run):
 
 
 def test_best_checkpoint_rule():
-    from kws_ghost.train import best_epoch, selection_key
+    from kws_ghost.runs import best_epoch, selection_key
 
     assert selection_key({"val_hit_rate": 0.6, "val_accuracy": 0.5}) > selection_key(
         {"val_hit_rate": 0.5, "val_accuracy": 0.9}
@@ -460,3 +461,16 @@ def test_flags_that_do_not_go_together_are_one_line(tiny_corpus, tmp_path):
     )
     assert task.returncode == 0, task.stderr
     assert json.loads((tmp_path / "b" / "config.json").read_text())["train"]["task"] == "gsc12"
+
+
+def test_a_models_objective_is_recorded_or_derived_from_its_pooling():
+    from kws_ghost.config import ModelConfig, TrainConfig
+    from kws_ghost.objectives import make_objective
+
+    assert ModelConfig(pooling="max").streams and not ModelConfig(pooling="mean").streams
+    assert not ModelConfig(pooling="max", objective="clip").streams  # recorded wins
+    labels = ["_silence_", "_unknown_", "yes"]
+    clip = make_objective(TrainConfig(objective="clip"), labels).network_config(ModelConfig())
+    assert clip.objective == "clip" and clip.pooling == "mean" and not clip.streams
+    stream = make_objective(TrainConfig(), labels).network_config(ModelConfig())
+    assert stream.objective == "stream" and stream.streams

@@ -136,7 +136,7 @@ def train(
     history = trainer.run()
     if as_json and trainer.dist.is_main:
         from kws_ghost.cli import echo_json
-        from kws_ghost.train import best_epoch
+        from kws_ghost.runs import best_epoch
 
         best = best_epoch(history) or {}
         echo_json(
