@@ -95,7 +95,8 @@ def step_module(model: KeywordModel, normalize_in_graph: bool = False) -> Any:
     Split / Concat (a Gather and an Unsqueeze per layer cost more at batch 1)."""
     import torch
 
-    from kws_ghost.layers import PackedLayer, absorb_normalization, cat, linear
+    from kws_ghost.cell import cat, linear
+    from kws_ghost.layers import PackedLayer, absorb_normalization
 
     layers, size, first = model.config.layers, model.rnn.state_size, model.rnn.layers[0]
     # plain (or folded) float models: torch's fused kernel, one ONNX GRU/LSTM node per layer,
@@ -157,7 +158,9 @@ def _trace(module: Any, config: ModelConfig, state_size: int) -> bytes:
         "dynamo": False,  # the TorchScript exporter: 0.1-0.3 s here, the dynamo one seconds
     }
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    from kws_ghost.cell import onnx_spelling
+
+    with warnings.catch_warnings(), torch.no_grad(), onnx_spelling():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notices
         torch.onnx.export(module, args, buffer, **options)
     return buffer.getvalue()

@@ -1,175 +1,30 @@
-"""GhostRNN layers (Zhou et al., Interspeech 2023) and their plain GRU / LSTM special cases.
-
-A ghost layer of width H and ratio s keeps m = ceil(H / s) *intrinsic* state dimensions h with the
-full recurrence, and derives the other H - m *ghost* dimensions with a cheap operation g = phi(h).
-The layer's output, and the input to its own recurrence, is y = [h ; g]. Only h (and, for the LSTM,
-the cell c) is state; g is recomputed, so streaming state is m (2m) floats per layer, not H.
+"""GhostRNN layers and their plain GRU / LSTM special cases.
 
 With s = 1 there is no ghost part and the layer is exactly ``torch.nn.GRU`` / ``torch.nn.LSTM``
 (same parameter layout), which is how the ``gru`` and ``lstm`` baselines are built: one code path.
-
-The recurrence is written once. ``gru_update`` / ``lstm_update`` are the gates and the state
-update, ``ghost_parts`` the cheap operation, and ``cell_step`` wires them into one frame of a layer
-around a *projection* (the matrix products that give the gates' pre-activations). The per-frame
-step is the reference; every other path is that step, and the tests hold each to it:
-
-* step (``GhostRNNLayer.step``): one frame, state in and out, for streaming;
-* scan (training, any cheap operation): ``cell_step`` run over time inside a custom autograd
-  function, with the input projection of all frames hoisted into one matmul and a hand-written
-  backward, the step's derivative (gradcheck, and autograd through the step, check it);
-* fused: when phi is linear with no activation (or absent), U y = (U_h + U_g A) h + U_g c, so the
-  layer is a GRU/LSTM of width m with folded recurrent weights and torch's fused kernel runs it;
-* packed (``PackedLayer``, for export): ``cell_step`` with both products as one over [x ; y].
-
-The folding identities (``absorb_ghost``, ``absorb_normalization``) live here too; export uses them.
-State tensors are ``[layers, batch, state_size]`` with state_size = m for GRU and 2m (h, then c)
-for LSTM, so a runtime carries one tensor whatever the cell.
+The recurrence is ``kws_ghost.cell``; the kernels that run it over a sequence, and the rule that
+picks one, are ``kws_ghost.kernels``; ``PackedLayer`` is a layer's step for export (both
+products as one over [x ; y]). The folding identities (``absorb_ghost``,
+``absorb_normalization``) live here too; export uses them. State tensors are
+``[layers, batch, state_size]`` with state_size = m for GRU and 2m (h, then c) for LSTM, so a
+runtime carries one tensor whatever the cell.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kws_ghost.cell import Ghost, activate, cat, cell_step, ghost_parts, linear, split_projection
 from kws_ghost.config import ACTIVATIONS
+from kws_ghost.kernels import GhostGRUScan, GhostLSTMScan, choose_kernel, fused_rnn, scan_recurrence
 
 GATES = {"gru": 3, "lstm": 4}
 GATE_PARAMETERS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-Projection = Callable[[list[Tensor], list[Tensor]], tuple[Tensor, ...]]
-Ghost = Callable[[Tensor], list[Tensor]]
-
-
-# ------------------------------------------------------------------------------ the cell, once
-
-
-def activate(v: Tensor, name: str) -> Tensor:
-    if name == "tanh":
-        return torch.tanh(v)
-    if name == "relu":
-        return torch.relu(v)
-    if name == "sigmoid":
-        return torch.sigmoid(v)
-    return v
-
-
-def activation_grad(name: str, out: Tensor) -> Optional[Tensor]:
-    """d act / d pre-activation, written in terms of the activation's output (None: identity)."""
-    if name == "none":
-        return None
-    if name == "tanh":
-        return 1 - out * out
-    if name == "sigmoid":
-        return out * (1 - out)
-    if name == "relu":
-        return (out > 0).to(out.dtype)
-    raise ValueError(f"unknown activation {name!r}")
-
-
-def _exporting() -> bool:
-    """True while torch.onnx.export traces the model (it traces: ``torch.jit.is_tracing``, which
-    costs 0.4 us against 4 us for ``torch.onnx.is_in_onnx_export``, called thrice a frame)."""
-    return torch.jit.is_tracing()
-
-
-def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """x W^T + b (``weight`` [out, in], as ``nn.Linear``). Under ONNX export it is spelt MatMul +
-    Add: dynamic int8 quantisation only quantises MatMuls, and onnxruntime fuses the pair into a
-    Gemm when it loads a float graph."""
-    if _exporting():
-        return torch.matmul(x, weight.t()) + bias
-    return F.linear(x, weight, bias)
-
-
-def cat(parts: list[Tensor]) -> Tensor:
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
-
-
-def _lerp(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
-    if _exporting():  # the exporters write torch.lerp as a dozen nodes
-        return start + weight * (end - start)
-    return torch.lerp(start, end, weight)
-
-
-def _addcmul(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    if _exporting():  # ... and addcmul with a third Mul, by its value 1
-        return x + a * b
-    return torch.addcmul(x, a, b)
-
-
-def gru_update(
-    r_pre: Tensor, z_pre: Tensor, x_n: Tensor, h_n: Tensor, h: Tensor
-) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """The GRU's gates and update from their pre-activations -> (h', (r, z, n)):
-    r = sigmoid(r_pre), z = sigmoid(z_pre), n = tanh(x_n + r * h_n), h' = (1 - z) * n + z * h,
-    with r_pre = W_r x + U_r y + b_r (z_pre alike), x_n = W_n x + b_in, h_n = U_n y + b_hn."""
-    r, z = torch.sigmoid(r_pre), torch.sigmoid(z_pre)
-    n = torch.tanh(_addcmul(x_n, r, h_n))
-    return _lerp(n, h, z), (r, z, n)
-
-
-def lstm_update(
-    i: Tensor, f: Tensor, g: Tensor, o: Tensor, c: Tensor
-) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-    """The LSTM's gates (order i, f, g, o as torch.nn.LSTM) from their pre-activations and its
-    update -> (h', c', (i, f, g, o) activated): c' = f * c + i * g, h' = o * tanh(c'), with i, f, o
-    sigmoids and g = tanh."""
-    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-    c = _addcmul(f * c, i, g)
-    return o * torch.tanh(c), c, (i, f, g, o)
-
-
-def ghost_parts(weight: Optional[Tensor], bias: Tensor, activation: str) -> Ghost:
-    """phi as a function h -> [act(A h + c)] (``[]`` when ``weight`` is None: no ghost part)."""
-    if weight is None:
-        return lambda h: []
-    return lambda h: [activate(linear(h, weight, bias), activation)]
-
-
-def split_projection(cell: str, m: int, gi: Tensor, gh: Tensor) -> tuple[Tensor, ...]:
-    """The gates' pre-activations from the input (gi = W x + b_ih) and recurrent (gh = U y + b_hh)
-    products: GRU (r_pre, z_pre, x_n, h_n), LSTM (i, f, g, o). Sizes are given, not read from
-    shapes, so that a traced graph holds no shape arithmetic."""
-    if cell == "lstm":
-        return (gi + gh).split([m, m, m, m], dim=-1)
-    rz = gi[..., : 2 * m] + gh[..., : 2 * m]
-    return (*rz.split([m, m], dim=-1), gi[..., 2 * m :], gh[..., 2 * m :])
-
-
-def cell_step(
-    cell: str,
-    m: int,
-    x_parts: list[Tensor],
-    state: Tensor,
-    project: Projection,
-    ghost: Ghost,
-    y_parts: Optional[list[Tensor]] = None,
-) -> tuple[list[Tensor], Tensor, tuple[Tensor, ...]]:
-    """One frame of a GhostGRU / GhostLSTM layer of intrinsic width ``m``: the only place the
-    recurrence is written.
-
-    ``x_parts``: the frame's input as parts (concatenated they are x); ``state`` [B, S] (GRU: h,
-    LSTM: [h ; c]); ``project(x_parts, y_parts)``: the gates' pre-activations (``split_projection``
-    order); ``ghost(h)``: ``[phi(h)]`` or ``[]``; ``y_parts``: [h ; phi(h)] of the state when the
-    caller has it already (the scan), else recomputed. Returns the output's parts
-    ``[h', phi(h')]``, the new state, and what the backward needs: GRU (r, z, n, h_n), LSTM
-    (i, f, g, o, c').
-    """
-    if cell == "gru":
-        h = state
-        if y_parts is None:
-            y_parts = [h, *ghost(h)]
-        pre = project(x_parts, y_parts)
-        h, gates = gru_update(*pre, h)
-        return [h, *ghost(h)], h, (*gates, pre[3])
-    h, c = state.split([m, m], dim=-1)
-    if y_parts is None:
-        y_parts = [h, *ghost(h)]
-    h, c, gates = lstm_update(*project(x_parts, y_parts), c)
-    return [h, *ghost(h)], torch.cat([h, c], dim=-1), (*gates, c)
 
 
 # ------------------------------------------------------------------------------ folding
@@ -269,225 +124,6 @@ class ElementwiseCheapOperation(CheapOperation):
 CHEAP_OPERATIONS = {"linear": LinearCheapOperation, "elementwise": ElementwiseCheapOperation}
 
 
-# ------------------------------------------------------------------------------ the scans
-
-
-def _ghost_backward(
-    dy: Tensor, ghost_out: Tensor, ghost_w: Tensor, activation: str, d_pre: Tensor
-) -> Tensor:
-    """Backward through y = [h ; act(A h + c)]: writes d(A h + c) into ``d_pre`` and returns the
-    gradient reaching h (its direct part plus A^T d_pre)."""
-    m = ghost_w.shape[1]
-    dh = dy[:, :m]
-    if ghost_out.shape[1] == 0:
-        return dh
-    dpre = dy[:, m:]
-    local = activation_grad(activation, ghost_out)
-    if local is not None:
-        dpre = dpre * local
-    d_pre.copy_(dpre)
-    return torch.addmm(dh, dpre, ghost_w)
-
-
-def _weight_grads(
-    d_gates: Tensor, y: Tensor, y0: Tensor, d_pre: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of w_hh, b_hh, A and c, summed over all steps in four matmuls/sums (cheaper than
-    accumulating them step by step). ``d_pre`` row 0 belongs to y0, row t + 1 to step t."""
-    width, m = y.shape[2], y.shape[2] - d_pre.shape[2]
-    y_prev = torch.cat([y0[None], y[:-1]], dim=0).reshape(-1, width)
-    h_all = torch.cat([y0[None, :, :m], y[:, :, :m]], dim=0).reshape(-1, m)
-    d_flat = d_gates.reshape(-1, d_gates.shape[2])
-    d_pre_flat = d_pre.reshape(-1, width - m)
-    return d_flat.t() @ y_prev, d_flat.sum(0), d_pre_flat.t() @ h_all, d_pre_flat.sum(0)
-
-
-def _scan(
-    cell: str,
-    gi: Tensor,
-    state: Tensor,
-    w_hh: Tensor,
-    b_hh: Tensor,
-    ghost_w: Tensor,
-    ghost_b: Tensor,
-    activation: str,
-    keep: bool = True,
-) -> tuple[Tensor, Tensor, Tensor, list[tuple[Tensor, ...]]]:
-    """``cell_step``'s recurrence over time, with the input projection of every frame given
-    (``gi[t]``) -> (y [T, B, H], y0 = [h0 ; phi(h0)], final state, what each step saved: GRU
-    (r, z, n, h_n), LSTM (i, f, g, o, c')).
-
-    The same ``split_projection`` and ``gru_update`` / ``lstm_update`` as the step, called
-    directly: a frame is a dozen small ops, and at training batch sizes the Python around them
-    (closures, lists) cost as much as the ops themselves.
-    """
-    m = ghost_w.shape[1]
-    has_ghost = ghost_w.shape[0] > 0
-    w_t, ghost_t = w_hh.t(), ghost_w.t()
-
-    def full(h: Tensor, out: Optional[Tensor] = None) -> Tensor:
-        """[h ; phi(h)], written into ``out`` when given."""
-        if not has_ghost:
-            return h if out is None else out.copy_(h)
-        g = activate(torch.addmm(ghost_b, h, ghost_t), activation)
-        return torch.cat([h, g], dim=1) if out is None else torch.cat([h, g], dim=1, out=out)
-
-    h, c = (state, state) if cell == "gru" else state.split([m, m], dim=-1)
-    y0 = full(h)
-    y = gi.new_empty(gi.shape[0], *y0.shape)
-    y_prev, saved = y0, []
-    for t in range(gi.shape[0]):
-        pre = split_projection(cell, m, gi[t], torch.addmm(b_hh, y_prev, w_t))
-        if cell == "gru":
-            h, gates = gru_update(*pre, h)
-            step_saved = (*gates, pre[3])
-        else:
-            h, c, gates = lstm_update(*pre, c)
-            step_saved = (*gates, c)
-        if keep:  # for the backward; inference keeps nothing
-            saved.append(step_saved)
-        y_prev = full(h, out=y[t])
-    final = h if cell == "gru" else torch.cat([h, c], dim=-1)
-    return y, y0, final, saved
-
-
-class _GhostGRUScan(torch.autograd.Function):
-    """GhostGRU over a sequence with a hand-written backward (the derivative of ``cell_step``).
-
-    Inputs are time-major: gi [T, B, 3m] (input projections incl. bias_ih for all steps), h0 [B, m],
-    w_hh [3m, H], b_hh [3m], A [G, m], c [G]. Output y [T, B, H] = [h_t ; act(A h_t + c)].
-    """
-
-    @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # the scan runs in fp32
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        gi: Tensor,
-        h0: Tensor,
-        w_hh: Tensor,
-        b_hh: Tensor,
-        ghost_w: Tensor,
-        ghost_b: Tensor,
-        activation: str,
-    ) -> Tensor:
-        y, y0, _, saved = _scan("gru", gi, h0, w_hh, b_hh, ghost_w, ghost_b, activation)
-        r, z, n, h_n = (torch.stack(parts) for parts in zip(*saved))
-        ctx.activation = activation
-        ctx.save_for_backward(y, y0, r, z, n, h_n, w_hh, ghost_w)
-        return y
-
-    @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
-    def backward(ctx: Any, dy: Tensor):  # type: ignore[override]
-        y, y0, r, z, n, h_n, w_hh, ghost_w = ctx.saved_tensors
-        steps, batch, width = y.shape
-        m = y0.shape[1] - ghost_w.shape[0]
-        dy = dy.contiguous()
-        # What does not depend on the recurrence, for every step at once (a few large ops
-        # instead of many small ones in the loop):
-        h_prev = torch.cat([y0[None, :, :m], y[:-1, :, :m]], dim=0)
-        to_n = (1 - z) * (1 - n * n)  # d(n's pre-activation) / d h'
-        to_z = (h_prev - n) * z * (1 - z)  # d(z's pre-activation) / d h'
-        to_r = h_n * r * (1 - r)  # d(r's pre-activation) / d(n's pre-activation)
-        local = activation_grad(ctx.activation, y[:, :, m:]) if width > m else None
-        d_gi = y.new_empty(steps, batch, 3 * m)  # grads of W x + b_ih per step
-        d_gh_n = y.new_empty(steps, batch, m)  # grads of U_n y + b_hn per step
-        d_pre = y.new_zeros(steps + 1, batch, width - m)  # grads of A h + c (row 0: for y0)
-        dy_rec = y.new_zeros(batch, width)  # grad reaching y_t through step t+1's U y_t
-        dh_next = y.new_zeros(batch, m)  # grad reaching h_t through step t+1's z * h_t
-        w_rz, w_n = w_hh[: 2 * m], w_hh[2 * m :]
-        for t in range(steps - 1, -1, -1):
-            dyt = dy[t] + dy_rec
-            dh = dyt[:, :m] + dh_next
-            if width > m:
-                d_ghost = dyt[:, m:] if local is None else torch.mul(dyt[:, m:], local[t])
-                d_pre[t + 1] = d_ghost
-                dh = torch.addmm(dh, d_ghost, ghost_w)
-            d_n = torch.mul(dh, to_n[t], out=d_gi[t, :, 2 * m :])
-            torch.mul(d_n, to_r[t], out=d_gi[t, :, :m])
-            torch.mul(dh, to_z[t], out=d_gi[t, :, m : 2 * m])
-            torch.mul(d_n, r[t], out=d_gh_n[t])
-            dh_next = dh * z[t]
-            dy_rec = torch.addmm(d_gh_n[t] @ w_n, d_gi[t, :, : 2 * m], w_rz)
-        # Gradient into the initial full state y0 = [h0 ; phi(h0)].
-        dh0 = _ghost_backward(dy_rec, y0[:, m:], ghost_w, ctx.activation, d_pre[0]) + dh_next
-        d_gh = torch.cat([d_gi[:, :, : 2 * m], d_gh_n], dim=2)  # r and z: the same as d_gi's
-        return d_gi, dh0, *_weight_grads(d_gh, y, y0, d_pre), None
-
-
-class _GhostLSTMScan(torch.autograd.Function):
-    """GhostLSTM over a sequence with a hand-written backward; gate order i, f, g, o.
-
-    Inputs: gi [T, B, 4m], state [B, 2m] = [h0 ; c0], w_hh [4m, H], b_hh [4m], A [G, m], c [G].
-    Outputs: y [T, B, H] and the final cell state [B, m].
-    """
-
-    @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        gi: Tensor,
-        state: Tensor,
-        w_hh: Tensor,
-        b_hh: Tensor,
-        ghost_w: Tensor,
-        ghost_b: Tensor,
-        activation: str,
-    ) -> tuple[Tensor, Tensor]:
-        y, y0, _, saved = _scan("lstm", gi, state, w_hh, b_hh, ghost_w, ghost_b, activation)
-        i, f, g, o, cells = (torch.stack(parts) for parts in zip(*saved))
-        c0 = state[:, ghost_w.shape[1] :]
-        ctx.activation = activation
-        ctx.save_for_backward(y, y0, c0, i, f, g, o, cells, w_hh, ghost_w)
-        return y, cells[-1].clone()
-
-    @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
-    def backward(ctx: Any, dy: Tensor, dc_last: Tensor):  # type: ignore[override]
-        y, y0, c0, i_all, f_all, g_all, o_all, cells, w_hh, ghost_w = ctx.saved_tensors
-        steps, batch, width = y.shape
-        m = c0.shape[1]
-        dy = dy.contiguous()
-        d_gates = y.new_empty(steps, batch, 4 * m)
-        d_pre = y.new_zeros(steps + 1, batch, width - m)
-        dy_rec = y.new_zeros(batch, width)
-        dc_next = dc_last.clone() if dc_last is not None else y.new_zeros(batch, m)
-        for t in range(steps - 1, -1, -1):
-            dh = _ghost_backward(dy[t] + dy_rec, y[t, :, m:], ghost_w, ctx.activation, d_pre[t + 1])
-            i, f, gg, o = i_all[t], f_all[t], g_all[t], o_all[t]
-            c_prev = cells[t - 1] if t > 0 else c0
-            tc = torch.tanh(cells[t])
-            dc = dc_next + dh * o * (1 - tc * tc)
-            dg = d_gates[t]
-            dg[:, :m] = dc * gg * i * (1 - i)
-            dg[:, m : 2 * m] = dc * c_prev * f * (1 - f)
-            dg[:, 2 * m : 3 * m] = dc * i * (1 - gg * gg)
-            dg[:, 3 * m :] = dh * tc * o * (1 - o)
-            dc_next = dc * f
-            dy_rec = dg @ w_hh
-        dh0 = _ghost_backward(dy_rec, y0[:, m:], ghost_w, ctx.activation, d_pre[0])
-        d_state = torch.cat([dh0, dc_next], dim=1)
-        return (d_gates, d_state, *_weight_grads(d_gates, y, y0, d_pre), None)
-
-
-def fused_rnn(
-    cell: str,
-    x: Tensor,
-    state: Tensor,
-    weights: list[Tensor],
-    training: bool = False,
-    batch_first: bool = True,
-) -> tuple[Tensor, Tensor]:
-    """torch's fused GRU/LSTM kernel (one layer, width m, weights in torch.nn.GRU/LSTM order):
-    x [B, T, D] (or [T, B, D]), state [1, B, S] -> (h for every frame, final state [1, B, S])."""
-    if cell == "gru":
-        return torch._VF.gru(x, state, weights, True, 1, 0.0, training, False, batch_first)
-    m = weights[1].shape[1]
-    hx = tuple(part.contiguous() for part in state.split([m, m], dim=-1))  # cuDNN wants them so
-    h, h_n, c_n = torch._VF.lstm(x, hx, weights, True, 1, 0.0, training, False, batch_first)
-    return h, torch.cat([h_n, c_n], dim=-1)
-
-
 # ------------------------------------------------------------------------------ layers
 
 
@@ -522,8 +158,9 @@ class GhostRNNLayer(nn.Module):
         self.ghost: Optional[CheapOperation] = (
             CHEAP_OPERATIONS[cheap_op](self.intrinsic_size, ghost, activation) if ghost else None
         )
-        # The fused kernel is used whenever it is exact; tests switch it off to check the scan.
-        self.use_fused = True
+        # The kernel, as its caller chose it (GhostRNN.set_kernel); "auto": the rule of
+        # kws_ghost.kernels.choose_kernel (fused where exact, else by train or eval mode).
+        self.kernel = "auto"
 
     @property
     def state_size(self) -> int:
@@ -564,26 +201,37 @@ class GhostRNNLayer(nn.Module):
     def initial_state(self, batch: int) -> Tensor:
         return self.weight_ih.new_zeros(batch, self.state_size)
 
+    def kernel_in_use(self) -> str:
+        """The kernel ``forward`` runs (``kws_ghost.kernels``)."""
+        return choose_kernel(self.kernel, self.foldable, self.training)
+
     def forward(self, x: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """x [B, T, D], state [B, state_size] -> (y [B, T, H], final state [B, state_size])."""
         if state is None:
             state = self.initial_state(x.shape[0])
         if x.shape[1] == 0:
             return x.new_zeros(x.shape[0], 0, self.hidden_size), state
-        if self.use_fused and self.foldable:
+        kernel = self.kernel_in_use()
+        if kernel == "fused":
             return self._forward_fused(x, state)
+        if kernel == "step":
+            outputs = []
+            for t in range(x.shape[1]):
+                y, state = self.step(x[:, t], state)
+                outputs.append(y)
+            return torch.stack(outputs, 1), state
         m = self.intrinsic_size
         gi = F.linear(x, self.weight_ih, self.bias_ih).transpose(0, 1).contiguous()
         args = (self.weight_hh, self.bias_hh, *self.ghost_affine(), self.activation)
-        if not torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type):
-            # inference: the scan alone, nothing kept for a backward
-            y, _, new_state, _ = _scan(self.cell, gi, state, *args, keep=False)
+        if kernel == "scan-inference":  # no graph kept (as torch's cuDNN RNN in eval mode)
+            with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+                y, _, new_state, _ = scan_recurrence(self.cell, gi, state, *args, keep=False)
             return y.transpose(0, 1), new_state
         if self.cell == "gru":
-            y = _GhostGRUScan.apply(gi, state, *args)
+            y = GhostGRUScan.apply(gi, state, *args)
             new_state = y[-1, :, :m]
         else:
-            y, c_last = _GhostLSTMScan.apply(gi, state, *args)
+            y, c_last = GhostLSTMScan.apply(gi, state, *args)
             new_state = torch.cat([y[-1, :, :m], c_last], dim=1)
         return y.transpose(0, 1), new_state
 
@@ -729,9 +377,11 @@ class GhostRNN(nn.Module):
     def foldable(self) -> bool:
         return all(layer.foldable for layer in self.layers)
 
-    def set_fused(self, enabled: bool) -> None:
+    def set_kernel(self, kernel: str) -> None:
+        """Run every layer with ``kernel`` (``kws_ghost.kernels.KERNELS``; ``auto``: the rule)."""
         for layer in self.layers:
-            layer.use_fused = enabled
+            choose_kernel(kernel, layer.foldable, layer.training)  # refuses what cannot run
+            layer.kernel = kernel
 
     def initial_state(self, batch: int) -> Tensor:
         return self.layers[0].weight_ih.new_zeros(self.num_layers, batch, self.state_size)

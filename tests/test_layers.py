@@ -64,7 +64,7 @@ def gradients(fn, tensors):
 def test_ratio_one_equals_torch_rnn(cell, reference, path):
     torch.manual_seed(0)
     rnn = GhostRNN(cell, 12, 16, num_layers=2, ratio=1)
-    rnn.set_fused(path == "fused")
+    rnn.set_kernel("fused" if path == "fused" else "scan")
     ref = reference(12, 16, num_layers=2, batch_first=True)
     copy_into_torch(rnn, ref)
     x = torch.randn(3, 25, 12)
@@ -87,7 +87,7 @@ def test_ratio_one_equals_torch_rnn(cell, reference, path):
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_scan_forward_and_backward_equal_the_step(cell, cheap_op, activation, num_layers):
     rnn = make_rnn(cell, cheap_op, activation, num_layers).double()
-    rnn.set_fused(False)  # the scan, even where the layer could fold
+    rnn.set_kernel("scan")  # the scan, even where the layer could fold
     x = torch.randn(3, 9, 5, dtype=torch.double, requires_grad=True)
     state = (0.5 * torch.randn(num_layers, 3, rnn.state_size, dtype=torch.double)).requires_grad_()
     tensors = [x, state, *rnn.parameters()]
@@ -95,7 +95,8 @@ def test_scan_forward_and_backward_equal_the_step(cell, cheap_op, activation, nu
     y_step, s_step, g_step = gradients(lambda: run_steps(rnn, x, state), tensors)
     assert torch.allclose(y_scan, y_step, atol=1e-10)
     assert torch.allclose(s_scan, s_step, atol=1e-10)
-    with torch.inference_mode():  # inference runs the scan without its autograd function
+    rnn.set_kernel("scan-inference")  # what eval mode runs: no autograd function
+    with torch.inference_mode():
         y_inference, s_inference = rnn(x, state)
     assert torch.allclose(y_inference, y_step, atol=1e-10)
     assert torch.allclose(s_inference, s_step, atol=1e-10)
@@ -114,7 +115,7 @@ def test_hand_written_backward_passes_gradcheck(cell, cheap_op, activation):
     with torch.no_grad():
         if layer.ghost is not None:
             layer.ghost.bias.uniform_(-0.5, 0.5)
-    layer.use_fused = False
+    layer.kernel = "scan"
     x = torch.randn(2, 4, 3, dtype=torch.double, requires_grad=True)
     state = (0.5 * torch.randn(2, layer.state_size, dtype=torch.double)).requires_grad_()
     names = [n for n, _ in layer.named_parameters()]
@@ -126,28 +127,6 @@ def test_hand_written_backward_passes_gradcheck(cell, cheap_op, activation):
     assert torch.autograd.gradcheck(run, (x, state, *layer.parameters()))
 
 
-def test_scan_and_step_run_the_one_cell_function(monkeypatch):
-    calls = {"gru": 0, "lstm": 0}
-    for cell, name in (("gru", "gru_update"), ("lstm", "lstm_update")):
-        original = getattr(layers, name)
-
-        def counting(*args, _original=original, _cell=cell):
-            calls[_cell] += 1
-            return _original(*args)
-
-        monkeypatch.setattr(layers, name, counting)
-    for cell in ("gru", "lstm"):
-        rnn = make_rnn(cell, num_layers=1)
-        x = torch.randn(2, 7, 5)
-        rnn(x)  # scan: once per frame
-        assert calls[cell] == 7
-        run_steps(rnn, x, rnn.initial_state(2))  # step: once per frame
-        assert calls[cell] == 14
-        packed = PackedLayer(rnn.layers[0])
-        packed.step([x[:, 0]], rnn.initial_state(2)[0])
-        assert calls[cell] == 15
-
-
 # ------------------------------------------------------------------------ fused vs step
 
 
@@ -156,23 +135,13 @@ FOLDABLE = [("linear", "none", 2), ("elementwise", "none", 2), ("linear", "tanh"
 
 @pytest.mark.parametrize("cheap_op,activation,ratio", FOLDABLE)
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_fused_path_is_taken_and_equals_the_step(monkeypatch, cell, cheap_op, activation, ratio):
+def test_fused_path_is_taken_and_equals_the_step(cell, cheap_op, activation, ratio):
     rnn = make_rnn(cell, cheap_op, activation, num_layers=2, ratio=ratio).double()
-    taken = []
-    original = GhostRNNLayer._forward_fused
-
-    def spy(self, x, state):
-        taken.append(self)
-        return original(self, x, state)
-
-    monkeypatch.setattr(GhostRNNLayer, "_forward_fused", spy)
-    monkeypatch.setattr(layers._GhostGRUScan, "apply", None)  # the scan must not run
-    monkeypatch.setattr(layers._GhostLSTMScan, "apply", None)
+    assert [layer.kernel_in_use() for layer in rnn.layers] == ["fused", "fused"]
     x = torch.randn(3, 8, 5, dtype=torch.double, requires_grad=True)
     state = (0.5 * torch.randn(2, 3, rnn.state_size, dtype=torch.double)).requires_grad_()
     tensors = [x, state, *rnn.parameters()]
     y_fused, s_fused, g_fused = gradients(lambda: rnn(x, state), tensors)
-    assert taken == list(rnn.layers)  # every layer ran the fused kernel
     y_step, s_step, g_step = gradients(lambda: run_steps(rnn, x, state), tensors)
     assert torch.allclose(y_fused, y_step, atol=1e-10)
     assert torch.allclose(s_fused, s_step, atol=1e-10)
@@ -182,13 +151,29 @@ def test_fused_path_is_taken_and_equals_the_step(monkeypatch, cell, cheap_op, ac
         assert torch.allclose(a, b, atol=1e-9), name
 
 
-@pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid"])
-def test_layers_with_an_activation_never_take_the_fused_path(monkeypatch, activation):
-    monkeypatch.setattr(GhostRNNLayer, "_forward_fused", None)  # calling it would fail
-    rnn = make_rnn("gru", activation=activation)
-    assert not rnn.foldable
-    y, _ = rnn(torch.randn(2, 4, 5))
-    assert y.shape == (2, 4, 12)
+@pytest.mark.parametrize("cheap_op", CHEAP_OPS)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_each_path_names_the_kernel_it_runs(cell, cheap_op, activation):
+    """The rule, stated: fused where exact (no activation after the cheap operation), else the
+    scan in train mode and the scan without a backward in eval mode; what a caller sets wins,
+    and the fused kernel is refused where it would not be exact."""
+    rnn = make_rnn(cell, cheap_op, activation)
+    foldable = activation == "none"
+    expected = "fused" if foldable else "scan"
+    assert [layer.kernel_in_use() for layer in rnn.layers] == [expected] * 2
+    rnn.eval()
+    expected = "fused" if foldable else "scan-inference"
+    assert [layer.kernel_in_use() for layer in rnn.layers] == [expected] * 2
+    x = torch.randn(2, 6, 5)
+    reference, _ = run_steps(rnn, x, rnn.initial_state(2))
+    for kernel in ("scan", "scan-inference", "step"):
+        rnn.set_kernel(kernel)
+        assert [layer.kernel_in_use() for layer in rnn.layers] == [kernel] * 2
+        assert torch.allclose(rnn(x)[0], reference, atol=1e-5), kernel
+    if not foldable:
+        with pytest.raises(ValueError, match="exact only"):
+            rnn.set_kernel("fused")
 
 
 # ------------------------------------------------------------------------ packed vs step
