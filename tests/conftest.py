@@ -10,6 +10,18 @@ import pytest
 import soundfile
 
 KEYWORDS = ["yes", "no", "up", "down"]
+# Tests that use these (a trained model, the corpus it is trained on) are the slow tier.
+SLOW_FIXTURES = {"synth_corpus", "trained_run", "exported", "test_recording"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """``make test-fast`` (``-m "not slow"``) leaves out every test that needs the trained
+    model; tests that take seconds for other reasons carry ``@pytest.mark.slow`` themselves."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 OTHER_WORDS = ["cat", "house"]
 
 

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from click.testing import CliRunner
 
 from kws_ghost.cli import main
@@ -47,6 +48,7 @@ def test_missing_checkpoint_is_one_line_error(tmp_path):
     assert "no such checkpoint" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_no_import_cycles_in_the_package():
     """Every module imports on its own, and no two modules import each other at module level."""
     import ast
@@ -80,6 +82,7 @@ def test_no_import_cycles_in_the_package():
         subprocess.run([sys.executable, "-c", f"import {module}"], check=True)
 
 
+@pytest.mark.slow
 def test_every_function_level_import_is_acyclic_too():
     """train and evaluate used to import each other; the module graph including lazy imports
     has no cycle through train, evaluate, runtime or export."""

@@ -57,6 +57,7 @@ librosa_reference = librosa_features
     ],
     ids=["mfcc-default", "logmel-default", "mfcc-13-hop20-nofmax"],
 )
+@pytest.mark.slow
 def test_numpy_and_torch_front_ends_match_librosa(config):
     audio = speechlike()
     ours = compute_features(audio, config)

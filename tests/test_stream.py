@@ -209,6 +209,7 @@ def test_threshold_from_the_models_det():
         resolve_threshold(None, DetectorConfig(false_alarms_per_hour=2))
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_on_a_long_stream(random_checkpoint):
     detector = KeywordDetector(load_model(random_checkpoint), DetectorConfig(threshold=0.3))
     block = speechless_audio(5.0)
@@ -230,9 +231,11 @@ def test_digital_silence_gives_no_zero_length_events(random_checkpoint, tmp_path
     )
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert events  # at this threshold the random model fires: the spans were really checked
     assert all(e["end"] > e["start"] for e in events)
 
 
+@pytest.mark.slow
 def test_detect_notes_the_threshold_and_ends_with_a_count(random_checkpoint, tmp_path):
     wav = tmp_path / "a.wav"
     soundfile.write(wav, speechless_audio(2.0), 16000)
@@ -251,6 +254,7 @@ def test_detect_notes_the_threshold_and_ends_with_a_count(random_checkpoint, tmp
     assert "\r" not in picked.stderr  # no progress bar when stderr is not a terminal
 
 
+@pytest.mark.slow
 def test_detect_reads_stereo_and_other_rates_and_stdin(random_checkpoint, tmp_path):
     import soxr
 

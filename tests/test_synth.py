@@ -471,6 +471,7 @@ def test_out_that_is_a_file_is_one_line(tmp_path, espeak):
     assert target.read_text() == "x"
 
 
+@pytest.mark.slow
 def test_other_words_are_the_unknown_material_by_default(tmp_path, espeak):
     """A custom-keyword corpus holds other speech too, and train takes its keywords."""
     out = tmp_path / "corpus"

@@ -93,6 +93,7 @@ def test_best_checkpoint_rule():
     assert best_epoch([]) is None
 
 
+@pytest.mark.slow
 def test_train_json_names_the_epoch_best_pt_holds(tiny_corpus, tmp_path):
     out = tmp_path / "run"
     result = kws("train", "--data", tiny_corpus, *FAST, "--epochs", "3", "--out", out, "--json")
@@ -102,6 +103,7 @@ def test_train_json_names_the_epoch_best_pt_holds(tiny_corpus, tmp_path):
     assert "\r" not in result.stderr  # no progress bar in a log
 
 
+@pytest.mark.slow
 def test_eval_plot_and_text(trained_run, tmp_path):
     png = tmp_path / "confusion.png"
     result = CliRunner().invoke(
@@ -117,6 +119,7 @@ def test_eval_plot_and_text(trained_run, tmp_path):
     assert refused.returncode == 1 and text.read_text() == "mine"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective, ema", [("stream", 0.0), ("clip", 0.0), ("stream", 0.9)])
 def test_resume_continues_exactly(tiny_corpus, tmp_path, objective, ema):
     from kws_ghost.config import FrontendConfig, ModelConfig, TrainConfig
@@ -160,6 +163,7 @@ def test_resume_continues_exactly(tiny_corpus, tmp_path, objective, ema):
     assert best[0] == best[1]
 
 
+@pytest.mark.slow
 def test_resume_refuses_flags_it_cannot_honour(tiny_corpus, tmp_path):
     out = tmp_path / "run"
     talkative = [arg for arg in FAST if arg != "--quiet"]
@@ -177,6 +181,7 @@ def test_resume_refuses_flags_it_cannot_honour(tiny_corpus, tmp_path):
     assert [m["epoch"] for m in read_metrics(out)] == [1, 2]
 
 
+@pytest.mark.slow
 def test_sigkill_loses_at_most_the_epoch_in_progress(tiny_corpus, tmp_path):
     run_dir = tmp_path / "killed"
     process = subprocess.Popen(
@@ -211,6 +216,7 @@ def test_sigkill_loses_at_most_the_epoch_in_progress(tiny_corpus, tmp_path):
     assert [m["epoch"] for m in read_metrics(run_dir)] == list(range(1, done + 2))
 
 
+@pytest.mark.slow
 def test_two_process_gloo_training(tiny_corpus, tmp_path):
     run_dir = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -249,6 +255,7 @@ def test_two_process_gloo_training(tiny_corpus, tmp_path):
     load_checkpoint(run_dir / "best.pt").build_model()
 
 
+@pytest.mark.slow
 def test_training_errors_are_one_line(tmp_path, tiny_corpus):
     missing = kws("train", "--data", tmp_path / "nowhere")
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1
@@ -265,6 +272,7 @@ def test_training_errors_are_one_line(tmp_path, tiny_corpus):
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_a_failed_run_leaves_no_folder_and_keeps_runs_latest(tiny_corpus, tmp_path):
     good = kws("train", "--data", tiny_corpus, *FAST, "--epochs", "1", cwd=tmp_path)
     assert good.returncode == 0, good.stderr
@@ -293,6 +301,7 @@ def test_a_failed_run_leaves_no_folder_and_keeps_runs_latest(tiny_corpus, tmp_pa
     assert not (tmp_path / "other" / "latest").exists() and latest.resolve() == target
 
 
+@pytest.mark.slow
 def test_an_unreadable_clip_is_skipped_with_a_warning(tiny_corpus, tmp_path):
     bad = sorted(tiny_corpus.glob("yes/*.wav"))[0]
     bad.write_bytes(b"RIFF....WAVEfmt garbage")
@@ -359,6 +368,7 @@ def test_a_full_disk_while_saving_keeps_the_checkpoints(tiny_corpus, tmp_path, m
     assert not list(out.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_a_relative_data_path_works_from_anywhere(tiny_corpus, tmp_path):
     import shutil
 
@@ -401,8 +411,14 @@ def _tampered(source: Path, target: Path, **changes) -> Path:
         "missing",
     ],
 )
-def test_eval_refuses_bad_checkpoints(trained_run, tmp_path, kind):
-    best = trained_run["best"]
+def test_eval_refuses_bad_checkpoints(tiny_corpus, tmp_path, kind):
+    from kws_ghost.checkpoint import save_checkpoint
+    from kws_ghost.config import FrontendConfig, ModelConfig
+    from kws_ghost.models import build_model
+
+    best = tmp_path / "best.pt"  # a good checkpoint to spoil: no training needed
+    model = build_model(ModelConfig(hidden=16, layers=1, num_classes=5))
+    save_checkpoint(best, model, FrontendConfig(), ["_silence_", "_unknown_", "yes", "no", "maybe"])
     path = tmp_path / "model.pt"
     if kind == "other-model":
         _tampered(best, path, arch="lstm")
@@ -433,12 +449,13 @@ def test_eval_refuses_bad_checkpoints(trained_run, tmp_path, kind):
     else:
         path = tmp_path / "absent.pt"
         expect = "no such model"
-    result = kws("eval", path, "--data", trained_run["corpus"], "--quiet")
+    result = kws("eval", path, "--data", tiny_corpus, "--quiet")
     assert result.returncode == 1
     assert expect in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_flags_that_do_not_go_together_are_one_line(tiny_corpus, tmp_path):
     pooled = kws(
         "train", "--data", tiny_corpus, *FAST, "--pooling", "mean", "--out", tmp_path / "a"
