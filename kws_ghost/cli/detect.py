@@ -7,18 +7,17 @@ from typing import Any, Optional
 
 import click
 
-from kws_ghost.cli.options import detector_config, detector_options, threads_option
+from kws_ghost.cli.options import (
+    detector_config,
+    detector_options,
+    model_option,
+    threads_option,
+)
 
 
 @click.command()
 @click.argument("files", nargs=-1, required=True)
-@click.option(
-    "--model",
-    "model_path",
-    type=click.Path(dir_okay=False),
-    help="Checkpoint (.pt) or exported model (.onnx). Default: $KWS_GHOST_MODEL, "
-    "else runs/latest/best.pt.",
-)
+@model_option
 @detector_options
 @click.option(
     "--scorer",

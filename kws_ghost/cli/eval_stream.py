@@ -7,7 +7,13 @@ from typing import Any, Optional
 
 import click
 
-from kws_ghost.cli.options import detector_config, detector_options, json_option, threads_option
+from kws_ghost.cli.options import (
+    detector_config,
+    detector_options,
+    json_option,
+    model_option,
+    threads_option,
+)
 
 
 @click.command("make-stream")
@@ -106,12 +112,7 @@ def make_stream(
     help="A negatives-only recording (make-stream --distractors 1) that counts the false "
     "alarms per hour; default: the false alarms of RECORDING itself.",
 )
-@click.option(
-    "--model",
-    "model_path",
-    type=click.Path(dir_okay=False),
-    help="Checkpoint or .onnx (default: $KWS_GHOST_MODEL or runs/latest/best.pt).",
-)
+@model_option
 @detector_options
 @click.option(
     "--scorer",

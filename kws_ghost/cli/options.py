@@ -19,6 +19,13 @@ from kws_ghost.config import DetectorConfig
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object instead of text."
 )
+model_option = click.option(
+    "--model",
+    "model_path",
+    type=click.Path(dir_okay=False),
+    help="Exported model (.onnx, run without torch) or checkpoint (.pt). Default: "
+    "$KWS_GHOST_MODEL, else runs/latest/best.pt.",
+)
 threads_option = click.option(
     "--threads",
     type=click.IntRange(0),

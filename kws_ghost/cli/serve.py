@@ -6,7 +6,13 @@ from typing import Any, Optional
 
 import click
 
-from kws_ghost.cli.options import detector_config, detector_options, json_option, threads_option
+from kws_ghost.cli.options import (
+    detector_config,
+    detector_options,
+    json_option,
+    model_option,
+    threads_option,
+)
 
 
 @click.command()
@@ -17,13 +23,7 @@ from kws_ghost.cli.options import detector_config, detector_options, json_option
     help="Where to listen: tcp://HOST:PORT (PORT 0: any free port; HOST 0.0.0.0: every "
     "interface) or unix://PATH.",
 )
-@click.option(
-    "--model",
-    "model_path",
-    type=click.Path(dir_okay=False),
-    help="Exported model (.onnx, no torch) or checkpoint (.pt). Default: $KWS_GHOST_MODEL, "
-    "else runs/latest/best.pt.",
-)
+@model_option
 @detector_options
 @threads_option
 @json_option
