@@ -14,12 +14,19 @@ from kws_ghost.cli.options import json_option, threads_option
 @click.option(
     "--format",
     "export_format",
-    type=click.Choice(["onnx"]),
+    type=click.Choice(["onnx", "c"]),
     default="onnx",
     show_default=True,
-    help="Model format.",
+    help="onnx: the step model as one ONNX file. c: a folder of C99 sources (front-end, step, "
+    "decoder, an example kws-detect and its Makefile) with no dependency beyond libm.",
 )
-@click.option("--out", "-o", type=click.Path(), help="ONNX file (default: CHECKPOINT with .onnx).")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(),
+    help="ONNX file (default: CHECKPOINT with .onnx); with --format c, a folder (default: "
+    "CHECKPOINT without its suffix, plus -c).",
+)
 @click.option("--int8", is_flag=True, help="Quantise weights to int8 (dynamic quantisation).")
 @click.option(
     "--fold/--no-fold",
@@ -57,16 +64,40 @@ def export(
     from kws_ghost import export as exporter
     from kws_ghost.fileio import refuse_overwriting_inputs
 
-    # checked before any work: `export m.pt -o m.pt` must not replace the checkpoint
-    target = Path(out) if out is not None else Path(checkpoint).with_suffix(".onnx")
-    refuse_overwriting_inputs([target], [checkpoint])
-    result = exporter.export_checkpoint(checkpoint, target, fold=fold, int8=int8)
+    if export_format == "c":
+        from kws_ghost.export_c import export_c
+
+        if fold is False:
+            raise click.UsageError("--no-fold goes with --format onnx (C folds where it can)")
+        folder = Path(out) if out is not None else Path(checkpoint).with_suffix("")
+        folder = folder if out is not None else folder.with_name(folder.name + "-c")
+        refuse_overwriting_inputs([folder], [checkpoint])
+        result = export_c(checkpoint, folder, int8=int8)
+    else:
+        # checked before any work: `export m.pt -o m.pt` must not replace the checkpoint
+        target = Path(out) if out is not None else Path(checkpoint).with_suffix(".onnx")
+        refuse_overwriting_inputs([target], [checkpoint])
+        result = exporter.export_checkpoint(checkpoint, target, fold=fold, int8=int8)
     if as_json:
         from kws_ghost.cli import echo_json
 
         echo_json(result)
         return
-    click.echo(format_summary(result))
+    click.echo(format_c_summary(result) if export_format == "c" else format_summary(result))
+
+
+def format_c_summary(result: dict[str, Any]) -> str:
+    kind = "int8 weights" if result["int8"] else "fp32 weights"
+    return "\n".join(
+        [
+            f"C sources: {result['out']} ({result['model']}, {kind}: "
+            f"{result['weight_bytes'] / 1024:.1f} KB{', folded' if result['folded'] else ''})",
+            f"per frame: {result['macs_per_frame']:,} multiply-adds; state "
+            f"{result['state_bytes']} bytes",
+            f"build: make -C {result['out']}  (then: arecord -f S16_LE -r 16000 -c 1 | "
+            f"{result['out']}/kws-detect)",
+        ]
+    )
 
 
 def format_summary(result: dict[str, Any]) -> str:
