@@ -72,10 +72,11 @@ class _Tables:
         self.parts: list[str] = []
         self.weight_bytes = 0
 
-    def floats(self, name: str, values: Any) -> str:
+    def floats(self, name: str, values: Any, weights: bool = True) -> str:
+        """A float array; ``weights``: counted as the model's (not the front-end's tables)."""
         flat = np.asarray(values, dtype=np.float32).reshape(-1)
         self.parts.append(f"const float {name}[{max(1, flat.size)}] = {{\n    {_floats(flat)}\n}};")
-        self.weight_bytes += 4 * flat.size
+        self.weight_bytes += 4 * flat.size if weights else 0
         return name
 
     def matrix(self, name: str, weight: np.ndarray) -> tuple[str, str]:
@@ -277,12 +278,12 @@ def _model_source(
         starts.append(lo)
         counts.append(hi - lo)
         weights.extend(row[lo:hi])
-    tables.floats("kws_window", frame_window(fe.win_length, fe.n_fft))
+    tables.floats("kws_window", frame_window(fe.win_length, fe.n_fft), weights=False)
     angles = 2.0 * math.pi * np.arange(fe.n_fft // 2) / fe.n_fft
-    tables.floats("kws_fft_cos", np.cos(angles))
-    tables.floats("kws_fft_sin", np.sin(angles))
-    tables.floats("kws_mel_weights", weights)
-    tables.floats("kws_dct", dct_matrix(fe.n_mels, fe.n_mfcc))
+    tables.floats("kws_fft_cos", np.cos(angles), weights=False)
+    tables.floats("kws_fft_sin", np.sin(angles), weights=False)
+    tables.floats("kws_mel_weights", weights, weights=False)
+    tables.floats("kws_dct", dct_matrix(fe.n_mels, fe.n_mfcc), weights=False)
     det = (detection or {}).get("det") or [{"threshold": 0.5, "false_alarms_per_hour": 0.0}]
     names = ", ".join('"' + label.replace('"', "") + '"' for label in labels)
     keyword = [int(label not in ("_silence_", "_unknown_")) for label in labels]

@@ -14,6 +14,7 @@ static float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
 /* tanh through expf: libm's tanhf took a third of the whole program's time */
 static float tanh_fast(float v) { return 1.0f - 2.0f / (expf(2.0f * v) + 1.0f); }
 
+#if KWS_GHOST > 0
 static float activate(float v) {
 #if KWS_ACT == 1
     return tanh_fast(v);
@@ -25,6 +26,7 @@ static float activate(float v) {
     return v;
 #endif
 }
+#endif
 
 /* out = bias + W x, W stored [inputs][rows] (int8 weights: scaled per row at the end). The
  * sums run down the rows, which vectorises without reassociating them, four columns a pass
