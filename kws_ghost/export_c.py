@@ -207,8 +207,7 @@ def _header(
     rows = gates * m
     lstm = config.cell == "lstm"
     state = config.layers * (hidden + (m if lstm else 0))
-    scratch = 2 * rows + fe.num_features
-    acc = max(rows, ghost, len(labels))
+    scratch = max(2 * rows + fe.num_features, fe.n_fft)  # the step's, or the FFT's
     det = (detection or {}).get("det") or []
     lines = [
         "/* The model's sizes and settings, written by `kws-ghost export --format c`. */",
@@ -233,7 +232,6 @@ def _header(
         "/* The memory a caller gives: the state (carried from frame to frame) and scratch. */",
         f"#define KWS_STATE_FLOATS {state} /* {4 * state} bytes */",
         f"#define KWS_SCRATCH_FLOATS {scratch} /* {4 * scratch} bytes */",
-        f"#define KWS_ACC_FLOATS {acc} /* the step's own stack: {4 * acc} bytes of sums */",
         "/* front-end (kws_ghost/frontend.py) */",
         f"#define KWS_SAMPLE_RATE {fe.sample_rate}",
         f"#define KWS_N_FFT {fe.n_fft}",

@@ -131,11 +131,12 @@ def test_the_c_front_end_gives_the_numpy_frames(tmp_path):
 
     audio = speechless(3.0, seed=2)
     state, frame, frames = Frontend(), np.zeros(40, np.float32), []
+    scratch = np.zeros(macro(tmp_path / "c", "KWS_SCRATCH_FLOATS"), np.float32)
     lib.kws_frontend_reset(ctypes.byref(state))
     push, out = lib.kws_frontend_push, frame.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-    push.argtypes = [ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p]
+    push.argtypes = [ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p]
     for sample in audio:
-        if push(ctypes.byref(state), float(sample), out):
+        if push(ctypes.byref(state), float(sample), out, scratch.ctypes.data):
             frames.append(frame.copy())
     expected = compute_features(audio, FE)
     assert len(frames) == len(expected) == 297

@@ -65,8 +65,10 @@ typedef struct {
 
 void kws_frontend_reset(kws_frontend *fe);
 /* Add one sample (float in [-1, 1]); returns 1 and writes KWS_N_FEATURES floats to `frame`
- * when the sample completes a frame, else 0. */
-int kws_frontend_push(kws_frontend *fe, float sample, float *frame);
+ * when the sample completes a frame, else 0. `scratch`: the step's (KWS_SCRATCH_FLOATS),
+ * which the front-end uses while it computes a frame (its FFT). */
+int kws_frontend_push(kws_frontend *fe, float sample, float *frame,
+                      float scratch[KWS_SCRATCH_FLOATS]);
 /* The frame's level in dB (what the decoder finds a word's span by). */
 float kws_frame_level(const float *frame);
 

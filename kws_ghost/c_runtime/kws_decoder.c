@@ -5,7 +5,6 @@
  * span is the loud stretch of the recent frames' levels that best overlaps the half second before
  * the model fired. _silence_ and _unknown_ never fire. */
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "kws.h"
@@ -33,14 +32,25 @@ double kws_threshold_for(double per_hour) {
     return kws_det_threshold[chosen];
 }
 
-static int compare_floats(const void *a, const void *b) {
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
+/* The k-th smallest of n levels held in the ring from frame `lo` on (np.partition's pick),
+ * by counting: O(n^2) once per event, and no copy of the levels on the stack. */
+static float kth_level(const kws_decoder *d, long lo, int n, int k) {
+    int i, j;
+    for (i = 0; i < n; i++) {
+        float v = d->levels[(lo + i) % KWS_LEVEL_FRAMES];
+        int less = 0, equal = 0;
+        for (j = 0; j < n; j++) {
+            float u = d->levels[(lo + j) % KWS_LEVEL_FRAMES];
+            less += u < v;
+            equal += u == v;
+        }
+        if (less <= k && k < less + equal) return v;
+    }
+    return d->levels[lo % KWS_LEVEL_FRAMES];
 }
 
 /* The span of the word the model fired on at frame `first` (see the file's notes). */
 static void speech(const kws_decoder *d, long first, long last, double *start, double *end) {
-    float levels[KWS_LEVEL_FRAMES], sorted[KWS_LEVEL_FRAMES];
     double fired = first * FRAME_SECONDS + FRAME_END, centre = FRAME_END / 2 - FRAME_SECONDS / 2;
     double lo_time = fired - 0.5 > 0.0 ? fired - 0.5 : 0.0;
     double best_overlap = 0.0, best_distance = 0.0, best_start = 0.0, best_end = 0.0;
@@ -52,16 +62,14 @@ static void speech(const kws_decoder *d, long first, long last, double *start, d
     *end = fired;
     lo = first - KWS_LOOKBACK > oldest ? first - KWS_LOOKBACK : oldest;
     hi = last + 1 < d->frames ? last + 1 : d->frames;
-    for (f = lo; f < hi; f++) levels[n++] = d->levels[f % KWS_LEVEL_FRAMES];
+    n = hi > lo ? (int)(hi - lo) : 0;
     if (n < 10) return;
-    memcpy(sorted, levels, sizeof(float) * n);
-    qsort(sorted, n, sizeof(float), compare_floats);
-    floor_level = sorted[n / 10]; /* the 10th percentile */
-    peak = sorted[n - 1];
+    floor_level = kth_level(d, lo, n, n / 10); /* the 10th percentile */
+    peak = kth_level(d, lo, n, n - 1);
     if (peak - floor_level < 6.0f) return; /* no clear speech above the background */
     mid = floor_level + 0.5f * (peak - floor_level);
     for (f = 0; f <= n; f++) { /* stretches of loud frames, small gaps bridged */
-        int loud = f < n && levels[f] >= mid;
+        int loud = f < n && d->levels[(lo + f) % KWS_LEVEL_FRAMES] >= mid;
         if (loud && run_start >= 0 && f - previous > BRIDGE_FRAMES + 1) loud = 2; /* a new one */
         if ((loud == 2 || f == n) && run_start >= 0) {
             double s = (lo + run_start) * FRAME_SECONDS + centre;

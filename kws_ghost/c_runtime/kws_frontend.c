@@ -43,10 +43,11 @@ static void fft_half(float *re, float *im) {
     }
 }
 
-/* The features of the frame held in the ring, whose oldest sample is at `oldest`. */
-static void features(const float *ring, int oldest, float *frame) {
-    float re[HALF], im[HALF];
-    float *power = re; /* reused: power[0 .. HALF] needs HALF + 1 values, see below */
+/* The features of the frame held in the ring, whose oldest sample is at `oldest`; the FFT
+ * runs in `scratch` (n_fft floats). */
+static void features(const float *ring, int oldest, float *frame, float *scratch) {
+    float *re = scratch, *im = scratch + HALF;
+    float *power = re; /* reused: power[0 .. HALF - 1]; the Nyquist bin apart */
     float nyquist, mel[KWS_N_MELS];
     int n, k, m;
     const float *weight = kws_mel_weights;
@@ -90,11 +91,12 @@ static void features(const float *ring, int oldest, float *frame) {
 #endif
 }
 
-int kws_frontend_push(kws_frontend *fe, float sample, float *frame) {
+int kws_frontend_push(kws_frontend *fe, float sample, float *frame,
+                      float scratch[KWS_SCRATCH_FLOATS]) {
     fe->samples[fe->filled % KWS_N_FFT] = sample; /* a ring of the last n_fft samples */
     fe->filled++;
     if (fe->filled < KWS_N_FFT || (fe->filled - KWS_N_FFT) % KWS_HOP != 0) return 0;
-    features(fe->samples, (int)(fe->filled % KWS_N_FFT), frame);
+    features(fe->samples, (int)(fe->filled % KWS_N_FFT), frame, scratch);
     return 1;
 }
 

@@ -27,7 +27,7 @@ static int number(const char *text, double *value) {
 }
 
 int main(int argc, char **argv) {
-    static unsigned char bytes[3200];
+    static unsigned char bytes[320]; /* 10 ms a read */
     double threshold = KWS_DEFAULT_THRESHOLD, value;
     float frame[KWS_N_FEATURES], logits[KWS_N_CLASSES], posteriors[KWS_N_CLASSES];
     size_t got, carry = 0, i;
@@ -60,7 +60,7 @@ int main(int argc, char **argv) {
         size_t whole = (carry + got) & ~(size_t)1;
         for (i = 0; i < whole; i += 2) {
             short sample = (short)(bytes[i] | (bytes[i + 1] << 8));
-            if (!kws_frontend_push(&frontend, sample / 32768.0f, frame)) continue;
+            if (!kws_frontend_push(&frontend, sample / 32768.0f, frame, scratch)) continue;
             kws_step(frame, state, logits, scratch);
             kws_softmax(logits, posteriors);
             if (kws_decoder_push(&decoder, posteriors, kws_frame_level(frame), &event))
