@@ -5,13 +5,14 @@ corpus was made before they existed).
     python benchmarks/bench_custom_keywords.py [--work DIR] [--voices 30]
                                                [--out benchmarks/results/custom_keywords.json]
 
-For each variant: `kws-ghost synth --words yes,no,up,down --voices 30` (plus the variant's
-option), `kws-ghost train --data CORPUS` with the defaults. Held out, one corpus of 20 new voices
+For each variant: `kws-ghost synth --words yes,no,up,down --voices 30` (the defaults; without
+other words; with six repetitions of each keyword per voice), `kws-ghost train --data CORPUS`
+with the defaults. Held out, one corpus of 20 new voices
 (another seed) saying the keywords and 30 words that are in neither corpus (nor in synth's built-in
 list), from which `make-stream` builds a 10-minute recording of other words only, and a recording
 of every keyword once among other words. `detect` (defaults: the model's own threshold) on the
 negatives counts false alarms; `eval-stream` gives the hit rate on the keyword recording.
-Takes about 20 minutes on 2 cores; nothing else should run.
+Takes about 25 minutes on 2 cores; nothing else should run.
 """
 
 from __future__ import annotations
@@ -61,7 +62,11 @@ def main() -> None:
         negatives, keywords = work / "negatives.wav", work / "keywords.wav"
         kws("make-stream", "--data", held, "--keywords", KEYWORDS, "--out", negatives,
             "--distractors", 1, "--duration", NEGATIVE_SECONDS)  # fmt: skip
-        variants = {"other_words_default": [], "other_words_0": ["--other-words", 0]}
+        variants = {
+            "other_words_default": [],
+            "other_words_0": ["--other-words", 0],
+            "clips_per_voice_6": ["--clips-per-voice", 6],
+        }
         results = {}
         for name, options in variants.items():
             corpus, run = work / f"corpus-{name}", work / f"run-{name}"
