@@ -12,7 +12,7 @@ step "1. What GhostGRU saves against a GRU of the same width" \
      "kws-ghost profile --compare"
 kws-ghost profile --compare
 
-step "2. Synthesise a keyword corpus (espeak-ng voices; yes/no/up/down + two other words)" \
+step "2. Synthesise a keyword corpus (espeak-ng voices; yes/no/up/down, cat, house, and 24 built-in other words a voice)" \
      "kws-ghost synth --words yes,no,up,down,cat,house --voices 30 --out $OUT/corpus"
 if [ ! -f "$OUT/corpus/.kws-ghost-synth" ]; then
   kws-ghost synth --words yes,no,up,down,cat,house --voices 30 --out "$OUT/corpus" --json \
