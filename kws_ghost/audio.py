@@ -159,6 +159,31 @@ def finish_block(block: np.ndarray) -> np.ndarray:
     return np.clip(block, -1.0, 1.0, out=block)
 
 
+class MonoConverter:
+    """[frames, channels] at ``in_rate`` -> mono float32 in [-1, 1] at ``out_rate`` (channel
+    mean, soxr's streaming resampler), a chunk at a time: how files and pipes are converted."""
+
+    def __init__(self, in_rate: int, out_rate: int) -> None:
+        self.resampler = None
+        if in_rate != out_rate:
+            import soxr
+
+            self.resampler = soxr.ResampleStream(
+                in_rate, out_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY
+            )
+
+    def push(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
+        mono = to_mono(samples)
+        if self.resampler is not None:
+            mono = self.resampler.resample_chunk(mono, last=last)
+        return finish_block(mono)
+
+    def finish(self) -> np.ndarray:
+        if self.resampler is None:
+            return np.zeros(0, np.float32)
+        return self.push(np.zeros((0, 1), np.float32), last=True)
+
+
 def iter_audio_blocks(
     path: PathLike, sample_rate: int = 16000, block_seconds: float = 10.0
 ) -> Iterator[np.ndarray]:
@@ -175,13 +200,7 @@ def iter_audio_blocks(
     with handle:
         in_rate = handle.samplerate
         block_frames = max(1, int(round(block_seconds * in_rate)))
-        resampler = None
-        if in_rate != sample_rate:
-            import soxr
-
-            resampler = soxr.ResampleStream(
-                in_rate, sample_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY
-            )
+        converter = MonoConverter(in_rate, sample_rate)
         total = 0
         while True:
             try:
@@ -194,11 +213,9 @@ def iter_audio_blocks(
             _check_finite(path, handle, block, total)
             total += len(block)
             last = len(block) < block_frames
-            mono = to_mono(block)
-            if resampler is not None:
-                mono = resampler.resample_chunk(mono, last=last)
+            mono = converter.push(block, last=last)
             if len(mono):
-                yield finish_block(mono)
+                yield mono
             if last:
                 break
         if total == 0:

@@ -16,6 +16,7 @@ from typing import Any, BinaryIO, Callable, Optional
 
 import numpy as np
 
+from kws_ghost.audio import MonoConverter
 from kws_ghost.errors import KwsError
 
 PCM16_SCALE = 32768.0  # libsndfile's scaling of PCM_16, so a pipe reads like the same file
@@ -177,36 +178,6 @@ def decode_pcm(data: bytes, fmt: dict[str, Any]) -> np.ndarray:
     if not np.isfinite(samples).all():
         raise KwsError("NaN or infinite samples in the stream; the audio is corrupt")
     return samples
-
-
-class MonoConverter:
-    """[frames, channels] at ``in_rate`` -> mono float32 in [-1, 1] at ``out_rate``, as
-    ``kws_ghost.audio`` converts files (channel mean, soxr's streaming resampler), a chunk at a
-    time."""
-
-    def __init__(self, in_rate: int, out_rate: int) -> None:
-        self.resampler = None
-        if in_rate != out_rate:
-            import soxr
-
-            from kws_ghost.audio import RESAMPLE_QUALITY
-
-            self.resampler = soxr.ResampleStream(
-                in_rate, out_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY
-            )
-
-    def push(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
-        from kws_ghost.audio import finish_block, to_mono
-
-        mono = to_mono(samples)
-        if self.resampler is not None:
-            mono = self.resampler.resample_chunk(mono, last=last)
-        return finish_block(mono)
-
-    def finish(self) -> np.ndarray:
-        if self.resampler is None:
-            return np.zeros(0, np.float32)
-        return self.push(np.zeros((0, 1), np.float32), last=True)
 
 
 def _iter_flac(data: bytes, sample_rate: int, block_samples: int) -> Iterator[np.ndarray]:

@@ -29,10 +29,11 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from kws_ghost.audio import MonoConverter
 from kws_ghost.config import DetectorConfig
 from kws_ghost.detector import Detector
 from kws_ghost.errors import KwsError
-from kws_ghost.pipe_audio import PCM_KINDS, MonoConverter, decode_pcm
+from kws_ghost.pipe_audio import PCM_KINDS, decode_pcm
 from kws_ghost.runtime import KeywordRuntime
 
 PROGRAM = "kws-ghost"
