@@ -3,16 +3,21 @@ after another (or ``jobs`` one-thread runs side by side), each finished run appe
 ``benchmarks/results/study.jsonl``; started again, it skips what is finished (and resumes a run
 that was interrupted from its last epoch), then prints the table so far.
 
-    python benchmarks/study.py PLAN.json [--data data/real-dev] [--runs data/study]
-                                         [--out benchmarks/results/study.jsonl] [--table]
+    python benchmarks/study.py PLAN.json [PLAN.json ...] [--data data/real-dev]
+        [--runs data/study] [--out benchmarks/results/study.jsonl] [--jobs N] [--table]
 
 PLAN.json: ``{"name": "front-1", "seeds": [0, 1, 2], "jobs": 1,
-"configs": {"ghost-gru": [], "gru H93": ["--model", "gru", "--hidden", "93"]}}`` (flags of
-`kws-ghost train`). Each run is scored by `kws-ghost eval` on the test and the validation split
-(screening uses validation plus test, confirmation the test split); a line holds the config, its
-flags, the seed, wall time, clip accuracy and per-class recall on both splits, the validation hit
-rate at 10 false alarms per hour, parameters, MACs per frame and state bytes. ``--table``: only
-print the table of what is in the results file.
+"configs": {"ghost-gru": [], "gru H93": ["--model", "gru", "--hidden", "93"]},
+"seeds_of": {"gru H93": [0]}, "folds": 7}``: flags of `kws-ghost train`; ``seeds_of``
+(optional) gives some configs other seeds; with ``folds`` (optional) seed s trains and is scored
+on speaker fold s mod ``folds`` of ``--data`` (``benchmarks/folds.py``), so a config's seeds test
+different speakers and their mean stands for more of them than one test split does.
+
+Each run is scored by `kws-ghost eval` on the test and the validation split (screening uses
+validation plus test, confirmation the test split); a line holds the config, its flags, the seed,
+the fold, wall and training time, clip accuracy and per-class recall on both splits, the
+validation hit rate at 10 false alarms per hour, parameters, MACs per frame and state bytes.
+``--table``: only print the table of what is in the results file.
 """
 
 from __future__ import annotations
@@ -20,15 +25,15 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import math
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from bench_accuracy import run_name, train_and_eval  # benchmarks/ is this script's folder
+from folds import make_fold
+from study_report import load, markdown
 
 
 def finished(results: Path, plan: str) -> set[tuple[str, int]]:
@@ -61,8 +66,53 @@ def score(run: Path, data: Path, split: str) -> dict:
         check=True,
     )
     report = json.loads(evaluated.stdout)
-    recall = {label: c["recall"] for label, c in report["per_class"].items()}
-    return {"accuracy": report["accuracy"], "count": report["count"], "recall": recall}
+    classes = report["per_class"]
+    keywords = [label for label in classes if not label.startswith("_")]
+    right = sum(classes[k]["recall"] * classes[k]["support"] for k in keywords)
+    return {
+        "accuracy": report["accuracy"],
+        "count": report["count"],
+        "recall": {label: c["recall"] for label, c in classes.items()},
+        "support": {label: c["support"] for label, c in classes.items()},
+        # the clips ref_gru_baseline.py's keyword_only_acc counts: the ten keywords' own
+        "keyword_accuracy": right / max(1, sum(classes[k]["support"] for k in keywords)),
+    }
+
+
+REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "tools" / "ref_gru_baseline.py"
+
+
+def run_reference(plan: dict, config: str, seed: int, data: Path, fold: int | None) -> dict:
+    """The yardstick ``ref_gru_baseline.py`` (config flags ``["@ref", ...its flags]``) on the
+    same split and seed; pinned to one core (it asks torch for two threads)."""
+    flags = plan["configs"][config][1:]
+    started = time.perf_counter()
+    done = subprocess.run(
+        ["taskset", "-c", str(seed % 2), sys.executable, str(REFERENCE.resolve())]
+        + ["--train", str(data), "--test", str(data), "--seed", str(seed), *flags],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = done.stdout.splitlines()
+    summary = json.loads(lines[-1])
+    keyword = next(line for line in lines if line.startswith("keyword_only_acc")).split()
+    record = {
+        "plan": plan["name"],
+        "config": config,
+        "flags": plan["configs"][config],
+        "seed": seed,
+        "fold": fold,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "test_accuracy": summary["test_acc"],
+        "params": summary["params"],
+        "test": {
+            "accuracy": summary["test_acc"],
+            "count": summary["n_test"],
+            "keyword_accuracy": float(keyword[1]),
+        },
+    }
+    return record
 
 
 def cost(run: Path) -> dict:
@@ -73,6 +123,14 @@ def cost(run: Path) -> dict:
 
 
 def run_one(plan: dict, config: str, seed: int, data: Path, runs: Path, results: Path) -> dict:
+    fold = None
+    if plan.get("folds"):
+        fold = seed % plan["folds"]
+        data = make_fold(data, runs / "folds" / f"fold-{fold}", fold, plan["folds"])
+    if plan["configs"][config][:1] == ["@ref"]:
+        record = run_reference(plan, config, seed, data, fold)
+        append(results, record)
+        return record
     started = time.perf_counter()
     base = train_and_eval(config, plan["configs"][config], seed, data, runs)
     out = runs / run_name(config, seed)
@@ -81,7 +139,9 @@ def run_one(plan: dict, config: str, seed: int, data: Path, runs: Path, results:
         "config": config,
         "flags": plan["configs"][config],
         "seed": seed,
+        "fold": fold,
         "wall_seconds": round(time.perf_counter() - started, 1),
+        "train_seconds": train_seconds(out),
         **{k: base[k] for k in ("test_accuracy", "params", "best_epoch", "epochs")},
         **{k: base[k] for k in ("val_hit_rate", "val_fa_per_hour", "seconds_per_epoch")},
         "test": score(out, data, "testing"),
@@ -92,59 +152,53 @@ def run_one(plan: dict, config: str, seed: int, data: Path, runs: Path, results:
     return record
 
 
-def table(results: Path, plan: str = "") -> str:
-    rows: dict[str, list[dict]] = {}
-    if results.exists():
-        for line in results.read_text().splitlines():
-            record = json.loads(line) if line.strip() else None
-            if record and (not plan or record["plan"] == plan):
-                rows.setdefault(f"{record['plan']}: {record['config']}", []).append(record)
-    lines = ["config | n | test acc | 2 SE | val+test acc | val hit@10 | MACs | wall min"]
-    for name, records in rows.items():
-        test = [r["test"]["accuracy"] for r in records]
-        both = [
-            (r["test"]["accuracy"] * r["test"]["count"] + r["validation"]["accuracy"]
-             * r["validation"]["count"]) / (r["test"]["count"] + r["validation"]["count"])
-            for r in records
-        ]  # fmt: skip
-        # two standard errors of the mean over seeds (0 with one seed)
-        two_se = 2 * statistics.stdev(test) / math.sqrt(len(test)) if len(test) > 1 else 0.0
-        hits = [r["val_hit_rate"] for r in records if r.get("val_hit_rate") is not None]
-        lines.append(
-            f"{name} | {len(records)} | {statistics.mean(test):.4f} | {two_se:.4f} | "
-            f"{statistics.mean(both):.4f} | "
-            f"{statistics.mean(hits) if hits else float('nan'):.3f} | "
-            f"{records[0]['macs_per_frame']:,} | "
-            f"{statistics.mean(r['wall_seconds'] for r in records) / 60:.1f}"
-        )
-    return "\n".join(lines)
+def train_seconds(run: Path) -> float:
+    """Training and validation time of a run, from its epochs' records (not its scoring)."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return round(sum(r["seconds"] + r.get("val_seconds", 0.0) for r in records), 1)
+
+
+def pending(plan: dict, results: Path) -> list[tuple[str, int]]:
+    """(config, seed) runs of ``plan`` not yet in ``results``, seed by seed."""
+    done = finished(results, plan["name"])
+    seeds = {c: plan.get("seeds_of", {}).get(c, plan["seeds"]) for c in plan["configs"]}
+    order = sorted({s for c in seeds for s in seeds[c]})
+    todo = [(c, s) for s in order for c in plan["configs"] if s in seeds[c]]
+    return [(c, s) for c, s in todo if (c, s) not in done]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("plan", type=Path)
+    parser.add_argument("plans", type=Path, nargs="+", help="One or more plans, run in turn.")
     parser.add_argument("--data", type=Path, default=Path("data/real-dev"))
     parser.add_argument("--runs", type=Path, default=Path("data/study"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/study.jsonl"))
+    parser.add_argument("--jobs", type=int, help="Runs side by side [default: the first plan's].")
     parser.add_argument("--table", action="store_true", help="Only print the table so far.")
     args = parser.parse_args()
-    plan = json.loads(args.plan.read_text())
+    plans = [json.loads(path.read_text()) for path in args.plans]
     if not args.table:
-        done = finished(args.out, plan["name"])
-        todo = [(c, s) for s in plan["seeds"] for c in plan["configs"] if (c, s) not in done]
-        print(f"{len(done)} runs finished, {len(todo)} to go", flush=True)
-        runs = (args.runs / plan["name"]).resolve()
-        with concurrent.futures.ThreadPoolExecutor(plan.get("jobs", 1)) as pool:
+        todo = [(plan, c, s) for plan in plans for c, s in pending(plan, args.out)]
+        print(f"{len(todo)} runs to go", flush=True)
+        with concurrent.futures.ThreadPoolExecutor(args.jobs or plans[0].get("jobs", 1)) as pool:
             jobs = [
-                pool.submit(run_one, plan, c, s, args.data.resolve(), runs, args.out)
-                for c, s in todo
-            ]
+                pool.submit(
+                    run_one, plan, c, s, args.data.resolve(),
+                    (args.runs / plan["name"]).resolve(), args.out,
+                )
+                for plan, c, s in todo
+            ]  # fmt: skip
             for job in concurrent.futures.as_completed(jobs):
-                record = job.result()
-                print(f"done: {record['config']} seed {record['seed']}: test accuracy "
-                      f"{record['test_accuracy']:.4f}, {record['wall_seconds'] / 60:.1f} min",
-                      flush=True)  # fmt: skip
-    print(table(args.out, plan["name"]))
+                try:
+                    record = job.result()
+                except (subprocess.CalledProcessError, SystemExit, OSError, ValueError) as error:
+                    detail = getattr(error, "stderr", "") or ""
+                    print(f"failed: {error} {detail[-400:]}", flush=True)  # the others go on
+                    continue
+                print(f"done: {record['plan']}: {record['config']} seed {record['seed']}: test "
+                      f"accuracy {record['test_accuracy']:.4f}, "
+                      f"{record['wall_seconds'] / 60:.1f} min", flush=True)  # fmt: skip
+    print(markdown(load(args.out, [plan["name"] for plan in plans])))
 
 
 if __name__ == "__main__":

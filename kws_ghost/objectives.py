@@ -37,7 +37,8 @@ class Objective:
     """What differs between objectives; one instance per run (the stream one carries state)."""
 
     name = ""
-    unit = ""  # what one training item is, for the figures the run prints
+    unit = ""  # what the training figures a run prints count (frames or clips)
+    items = ""  # what one training item is (sequences or clips)
     streams = False
 
     def __init__(self, config: TrainConfig, labels: list[str]) -> None:
@@ -118,7 +119,7 @@ class Objective:
 
 
 class StreamObjective(Objective):
-    name, unit, streams = "stream", "frame", True
+    name, unit, items, streams = "stream", "frame", "sequences", True
 
     def __init__(self, config: TrainConfig, labels: list[str]) -> None:
         super().__init__(config, labels)
@@ -210,7 +211,7 @@ class StreamObjective(Objective):
 
 
 class ClipObjective(Objective):
-    name, unit, streams = "clip", "clip", False
+    name, unit, items, streams = "clip", "clip", "clips", False
 
     def network_config(self, model_config: ModelConfig) -> ModelConfig:
         if model_config.pooling == "max":  # the streaming rule scores per-frame targets

@@ -128,13 +128,14 @@ class Trainer:
             len(self.data.train_set), train_config.seed, True, self.dist.rank, self.dist.world_size
         )
         steps_per_epoch = math.ceil(len(self.sampler) / self.batch_size)
-        if train_config.epochs is None:  # the step budget: recorded, so a resume keeps it
+        if train_config.epochs is None:  # the budget: recorded, so a resume keeps it
+            items = len(self.sampler) * self.dist.world_size
             self.config = train_config = dataclasses.replace(
-                train_config, epochs=budget_epochs(steps_per_epoch)
+                train_config, epochs=budget_epochs(items)
             )
             self.log(
-                f"note: {train_config.epochs} epochs of {steps_per_epoch} steps (the step budget; "
-                "--epochs sets it)"
+                f"note: {train_config.epochs} epochs of {items:,} {self.objective.items} "
+                "(the training budget; --epochs sets it)"
             )
         self.optimizer, self.scheduler = build_optimizer(self.model, train_config, steps_per_epoch)
         self.autocast, self.scaler = self._mixed_precision()
@@ -218,7 +219,7 @@ class Trainer:
         for epoch in range(self.start_epoch, last_epoch):
             record = self._train_epoch(epoch)
             detection = None
-            if self.data.val_items:
+            if self.data.val_items and self._validates(epoch):
                 started = time.perf_counter()
                 metrics, detection = self.objective.validate(self)
                 record.update(metrics, val_seconds=round(time.perf_counter() - started, 3))
@@ -231,6 +232,14 @@ class Trainer:
             best = best_epoch(self.history)
             self.log(f"done: {self.run_dir} (best.pt: epoch {best['epoch']}, {brief(best)})")
         return self.history
+
+    def _validates(self, epoch: int) -> bool:
+        """Every ``val_every`` epochs after ``val_from`` of them, and the last (by the epoch
+        alone, so a resumed run validates the epochs an uninterrupted one does)."""
+        done, config = epoch + 1, self.config
+        if done == config.epochs:
+            return True
+        return done > config.val_from * config.epochs and done % config.val_every == 0
 
     def loader(self, dataset: Any, sampler: Any, batch_size: int) -> Any:
         pin = self.device.type == "cuda"

@@ -60,7 +60,9 @@ def trained_run(synth_corpus, tmp_path_factory) -> dict:
         keywords=KEYWORDS,
         seed=0,
         workers=0,
-        epochs=30,  # the step budget would give 60 on this corpus; 30 keep CI short (0.92-0.98)
+        epochs=30,  # the budget would give 60 on this corpus; 30 keep CI short (0.92-0.98)
+        batch_size=16,  # 30 epochs of batch 32 are too few steps for this small corpus
+        lr=3e-3,
         val_recording_minutes=5,
     )
     model = ModelConfig(arch="ghost-gru", hidden=128, layers=1, ratio=2)

@@ -1,0 +1,174 @@
+"""Tables and the accuracy-compute front from ``benchmarks/results/study.jsonl``.
+
+    python benchmarks/study_report.py [--plan front-2] [--png benchmarks/results/pareto.png]
+                                      [--readme README.md]
+
+Every figure is a mean over a config's runs (seeds, or speaker folds) with two standard errors of
+that mean: 2 * sample standard deviation / sqrt(runs). A difference between two configs is
+called real only where it exceeds two standard errors of the difference,
+2 * sqrt(se_a^2 + se_b^2). ``--readme`` rewrites the part of the README between
+``<!-- study:begin -->`` and ``<!-- study:end -->`` with the table of the plans named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+
+BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
+
+
+def load(results: Path, plans: list[str] | None = None) -> dict[str, list[dict]]:
+    """Records grouped as ``"plan: config"``, in the order they were first written."""
+    groups: dict[str, list[dict]] = {}
+    if results.exists():
+        for line in results.read_text().splitlines():
+            record = json.loads(line) if line.strip() else None
+            if record and (not plans or record["plan"] in plans):
+                groups.setdefault(f"{record['plan']}: {record['config']}", []).append(record)
+    return groups
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """(mean, standard error of the mean); the error is nan with one value."""
+    if not values:
+        return math.nan, math.nan
+    if len(values) == 1:
+        return values[0], math.nan
+    return statistics.mean(values), statistics.stdev(values) / math.sqrt(len(values))
+
+
+def pooled_accuracy(record: dict) -> float:
+    """Clip accuracy over the validation and the test split together."""
+    test, val = record["test"], record.get("validation")
+    if val is None:  # the reference script scores the test split only
+        return math.nan
+    right = test["accuracy"] * test["count"] + val["accuracy"] * val["count"]
+    return right / (test["count"] + val["count"])
+
+
+def summarise(records: list[dict]) -> dict:
+    hits = [r["val_hit_rate"] for r in records if r.get("val_hit_rate") is not None]
+    per_class: dict[str, float] = {}
+    for label in records[0]["test"].get("recall", {}):
+        per_class[label] = statistics.mean(r["test"]["recall"][label] for r in records)
+    keyword = [r["test"]["keyword_accuracy"] for r in records if "keyword_accuracy" in r["test"]]
+    pooled = [pooled_accuracy(r) for r in records]
+    return {
+        "runs": len(records),
+        "test": mean_se([r["test"]["accuracy"] for r in records]),
+        "keyword": mean_se(keyword),
+        "pooled": mean_se([p for p in pooled if not math.isnan(p)]),
+        "hit_rate": mean_se(hits),
+        "macs": records[0].get("macs_per_frame"),
+        "state_bytes": records[0].get("state_bytes"),
+        "params": records[0]["params"],
+        "minutes": statistics.mean(r["wall_seconds"] for r in records) / 60,
+        "recall": per_class,
+    }
+
+
+def difference(a: dict, b: dict, key: str = "test") -> tuple[float, float]:
+    """(a - b, two standard errors of that difference)."""
+    (mean_a, se_a), (mean_b, se_b) = a[key], b[key]
+    return mean_a - mean_b, 2 * math.hypot(se_a, se_b)
+
+
+def _cell(value: tuple[float, float], digits: int = 3) -> str:
+    mean, se = value
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f}" + ("" if math.isnan(se) else f" ± {2 * se:.{digits}f}")
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def markdown(groups: dict[str, list[dict]]) -> str:
+    lines = [
+        "| plan: config | runs | MACs/frame | state bytes | test acc (± 2 SE) | val+test acc "
+        "| keyword acc | val hit rate @10 FA/h | unknown recall | silence recall | minutes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, records in groups.items():
+        row = summarise(records)
+        recall = row["recall"]
+        lines.append(
+            f"| {name} | {row['runs']} | {_count(row['macs'])} | {_count(row['state_bytes'])} "
+            f"| {_cell(row['test'])} | {_cell(row['pooled'])} | {_cell(row['keyword'])} "
+            f"| {_cell(row['hit_rate'], 2)} "
+            f"| {recall.get('_unknown_', math.nan):.2f} | {recall.get('_silence_', math.nan):.2f} "
+            f"| {row['minutes']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def pareto(groups: dict[str, list[dict]], png: Path) -> None:
+    """Test accuracy and hit rate against MACs per frame, GRU and GhostGRU apart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for family, marker in (("gru", "o"), ("ghost", "s")):
+        points = []
+        for name, records in groups.items():
+            arch = "ghost" if "ghost" in name.split(": ", 1)[1] else "gru"
+            if arch == family and records[0].get("macs_per_frame"):
+                points.append((summarise(records), name.split(": ", 1)[1]))
+        points.sort(key=lambda p: p[0]["macs"])
+        panels = ((axes[0], "test", "test clip accuracy"),
+                  (axes[1], "hit_rate", "validation hit rate @ 10 FA/h"))  # fmt: skip
+        for axis, key, label in panels:
+            x = [p[0]["macs"] / 1000 for p in points]
+            y = [p[0][key][0] for p in points]
+            err = [0 if math.isnan(p[0][key][1]) else 2 * p[0][key][1] for p in points]
+            axis.errorbar(x, y, yerr=err, marker=marker, capsize=3, label=family.upper())
+            for (_, name), xi, yi in zip(points, x, y):
+                axis.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            axis.set_xlabel("thousand multiply-adds per frame")
+            axis.set_ylabel(label)
+            axis.grid(alpha=0.3)
+    axes[0].legend()
+    figure.suptitle("accuracy against compute (mean of seeds, bars: 2 standard errors)")
+    figure.tight_layout()
+    tmp = png.with_name(f".{png.name}.{os.getpid()}")
+    figure.savefig(tmp, dpi=110, format="png")
+    os.replace(tmp, png)
+
+
+def update_readme(readme: Path, table: str) -> None:
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{readme}: no {BEGIN} ... {END} section to fill")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    tmp = readme.with_name(f".{readme.name}.{os.getpid()}")
+    tmp.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+    os.replace(tmp, readme)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results/study.jsonl"))
+    parser.add_argument("--plan", action="append", help="Only these plans (repeatable).")
+    parser.add_argument("--png", type=Path, help="Write the front of these plans as a PNG.")
+    parser.add_argument("--readme", type=Path, help="Fill the README's study section.")
+    args = parser.parse_args()
+    groups = load(args.results, args.plan)
+    table = markdown(groups)
+    print(table)
+    if args.png:
+        pareto(groups, args.png)
+    if args.readme:
+        update_readme(args.readme, table)
+
+
+if __name__ == "__main__":
+    main()
