@@ -85,6 +85,10 @@ def _cell(value: tuple[float, float], digits: int = 3) -> str:
     return f"{mean:.{digits}f}" + ("" if math.isnan(se) else f" ± {2 * se:.{digits}f}")
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _count(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
@@ -102,7 +106,7 @@ def markdown(groups: dict[str, list[dict]]) -> str:
             f"| {name} | {row['runs']} | {_count(row['macs'])} | {_count(row['state_bytes'])} "
             f"| {_cell(row['test'])} | {_cell(row['pooled'])} | {_cell(row['keyword'])} "
             f"| {_cell(row['hit_rate'], 2)} "
-            f"| {recall.get('_unknown_', math.nan):.2f} | {recall.get('_silence_', math.nan):.2f} "
+            f"| {_share(recall.get('_unknown_'))} | {_share(recall.get('_silence_'))} "
             f"| {row['minutes']:.1f} |"
         )
     return "\n".join(lines)

@@ -61,7 +61,7 @@ def trained_run(synth_corpus, tmp_path_factory) -> dict:
         seed=0,
         workers=0,
         epochs=30,  # the budget would give 60 on this corpus; 30 keep CI short (0.92-0.98)
-        batch_size=16,  # 30 epochs of batch 32 are too few steps for this small corpus
+        batch_size=16,  # 30 epochs of batch 64 are too few steps for this small corpus
         lr=3e-3,
         val_recording_minutes=5,
     )

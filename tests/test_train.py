@@ -80,6 +80,15 @@ def test_run_folder_holds_config_metrics_checkpoints_and_the_det(trained_run):
     assert not torch.allclose(best.model_state["feature_std"], torch.ones(40))
 
 
+def test_the_budget_counts_training_items_not_steps():
+    from kws_ghost.config import MAX_EPOCHS, MIN_EPOCHS, MIN_ITEMS, budget_epochs
+
+    assert budget_epochs(1102) == 25  # the real-speech development subset's sequences
+    assert budget_epochs(160) * 160 >= MIN_ITEMS > (budget_epochs(160) - 1) * 160
+    assert budget_epochs(100_000) == MIN_EPOCHS  # a large corpus: the epoch floor
+    assert budget_epochs(1) == MAX_EPOCHS
+
+
 def test_best_checkpoint_rule():
     from kws_ghost.runs import best_epoch, selection_key
 
