@@ -287,10 +287,17 @@ class SequenceConfig:
         "Probability that a sequence's speech is convolved with a simulated room impulse "
         "response (exponentially decaying noise, RT60 0.15-0.8 s).",
     )
+    speed_perturb: float = setting(
+        0.0,
+        "Each word is played up to this share faster or slower, tempo and pitch together (as "
+        "Kaldi's speed perturbation; 0.1: 0.9-1.1x): more voices from the same speakers.",
+    )
 
     def validate(self) -> None:
         if self.seconds <= 0 or self.words < 1 or self.distractors < 0:
             raise KwsError("sequence seconds and words must be positive")
+        if not 0 <= self.speed_perturb < 0.5:
+            raise KwsError(f"speed perturbation must be in [0, 0.5), not {self.speed_perturb}")
         if (self.words + self.distractors) * 1.0 > self.seconds:
             raise KwsError(
                 f"{self.words + self.distractors} words of up to 1 s do not fit in {self.seconds} s"

@@ -165,7 +165,15 @@ class SequenceDataset:
         audio = clips.load_clip(item.path)
         if item.label == self.background:  # a real silence clip
             return audio, item.label, None
+        if self.config.speed_perturb:  # no draw when off: runs without it stay as they were
+            audio = speed_changed(audio, rng.uniform(-1, 1) * self.config.speed_perturb + 1, rate)
         lo, hi = speech_span(audio, rate)
+        if len(audio) > clips.clip_samples:  # slowed down: at most a clip, around the speech
+            start = min(
+                max(0, (lo + hi - clips.clip_samples) // 2), len(audio) - clips.clip_samples
+            )
+            audio = audio[start : start + clips.clip_samples]
+            lo, hi = max(0, lo - start), min(clips.clip_samples, hi - start)
         if rng.uniform() < self.config.trim_prob:
             margin = int(TRIM_MARGIN_SECONDS * rate)
             cut_lo, cut_hi = max(0, lo - margin), min(len(audio), hi + margin)
@@ -203,6 +211,14 @@ def reverberate(audio: np.ndarray, rng: np.random.Generator, sample_rate: int) -
     wet = np.fft.irfft(np.fft.rfft(audio, size) * np.fft.rfft(response, size), size)[: len(audio)]
     peak_in, peak_out = np.abs(audio).max(), np.abs(wet).max()
     return (wet * (peak_in / peak_out if peak_out > 0 else 1.0)).astype(np.float32)
+
+
+def speed_changed(audio: np.ndarray, factor: float, sample_rate: int) -> np.ndarray:
+    """``audio`` played ``factor`` times as fast (tempo and pitch), by resampling it to
+    ``sample_rate / factor`` and reading it at ``sample_rate``."""
+    import soxr
+
+    return soxr.resample(audio, sample_rate, sample_rate / factor).astype(np.float32)
 
 
 def faded(audio: np.ndarray, samples: int) -> np.ndarray:

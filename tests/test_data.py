@@ -257,3 +257,36 @@ def test_frames_ending_in_counts_a_frames_last_sample():
     assert frames_ending_in(fe, 0, 510, 100) == range(0, 0)
     assert frames_ending_in(fe, 512, 671, 100) == range(1, 2)
     assert frames_ending_in(fe, 0, 10**6, 97) == range(0, 97)
+
+
+def test_speed_perturbation_changes_words_and_keeps_sequences_full(tiny_corpus):
+    from kws_ghost.config import FrontendConfig, SequenceConfig
+    from kws_ghost.sequences import SequenceDataset, speed_changed
+
+    tone = np.sin(np.arange(16000) / 16000 * 2 * np.pi * 400).astype(np.float32)
+    faster = speed_changed(tone, 1.25, 16000)
+    assert len(faster) == 12800  # a quarter faster: 0.8 s
+    spectrum = np.abs(np.fft.rfft(faster[:8000] * np.hanning(8000)))
+    assert abs(spectrum.argmax() * 2 - 500) <= 4  # and a quarter higher: 400 -> 500 Hz
+
+    corpus = scan_corpus(tiny_corpus)
+    labels = resolve_labels(corpus, "gsc12")
+    items = build_items(corpus, labels, "training")
+    fe = FrontendConfig()
+    plain = SequenceConfig(seconds=3.0, words=2, distractors=1, trim_prob=0.0)
+    others = corpus.clips("maybe", "training")
+
+    def sequences(config: SequenceConfig) -> list:
+        dataset = SequenceDataset(ClipDataset(corpus, items), labels, config, fe, 3, others)
+        return [dataset[(0, i)] for i in range(len(dataset))]
+
+    before = sequences(plain)
+    # untrimmed 1 s words slowed by up to 20% would not fit three to 3 s: each is cut to 1 s
+    after = sequences(SequenceConfig(**{**plain.__dict__, "speed_perturb": 0.2}))
+    assert plain.validate() is None and len(after) == len(before)
+    changed = 0
+    for (audio, targets, regions, _), (audio0, _, regions0, _) in zip(after, before):
+        assert audio.shape == audio0.shape and np.isfinite(audio).all()
+        assert sorted(regions[:, 2]) == sorted(regions0[:, 2])  # the same keywords
+        changed += not np.allclose(audio, audio0)
+    assert changed == len(after)
