@@ -97,13 +97,8 @@ def run_reference(plan: dict, config: str, seed: int, data: Path, fold: int | No
     lines = done.stdout.splitlines()
     summary = json.loads(lines[-1])
     keyword = next(line for line in lines if line.startswith("keyword_only_acc")).split()
-    record = {
-        "plan": plan["name"],
-        "config": config,
-        "flags": plan["configs"][config],
-        "seed": seed,
-        "fold": fold,
-        "wall_seconds": round(time.perf_counter() - started, 1),
+    return {
+        **header(plan, config, seed, fold, started),
         "test_accuracy": summary["test_acc"],
         "params": summary["params"],
         "test": {
@@ -112,7 +107,18 @@ def run_reference(plan: dict, config: str, seed: int, data: Path, fold: int | No
             "keyword_accuracy": float(keyword[1]),
         },
     }
-    return record
+
+
+def header(plan: dict, config: str, seed: int, fold: int | None, started: float) -> dict:
+    """What every line of the results file starts with."""
+    return {
+        "plan": plan["name"],
+        "config": config,
+        "flags": plan["configs"][config],
+        "seed": seed,
+        "fold": fold,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def cost(run: Path) -> dict:
@@ -135,12 +141,7 @@ def run_one(plan: dict, config: str, seed: int, data: Path, runs: Path, results:
     base = train_and_eval(config, plan["configs"][config], seed, data, runs)
     out = runs / run_name(config, seed)
     record = {
-        "plan": plan["name"],
-        "config": config,
-        "flags": plan["configs"][config],
-        "seed": seed,
-        "fold": fold,
-        "wall_seconds": round(time.perf_counter() - started, 1),
+        **header(plan, config, seed, fold, started),
         "train_seconds": train_seconds(out),
         **{k: base[k] for k in ("test_accuracy", "params", "best_epoch", "epochs")},
         **{k: base[k] for k in ("val_hit_rate", "val_fa_per_hour", "seconds_per_epoch")},
