@@ -74,10 +74,18 @@ def summarise(records: list[dict]) -> dict:
     }
 
 
-def difference(a: dict, b: dict, key: str = "test") -> tuple[float, float]:
-    """(a - b, two standard errors of that difference)."""
-    (mean_a, se_a), (mean_b, se_b) = a[key], b[key]
-    return mean_a - mean_b, 2 * math.hypot(se_a, se_b)
+def paired_difference(a: list[dict], b: list[dict], key: str = "accuracy") -> dict:
+    """Test ``key`` of config a minus config b over the (seed, fold) pairs both ran: the same
+    speakers on both sides, so the folds' own difficulty cancels. Mean, two standard errors of
+    the mean difference, and the pairs."""
+    by_run = {(r["seed"], r.get("fold")): r["test"][key] for r in b if key in r["test"]}
+    diffs = [
+        r["test"][key] - by_run[(r["seed"], r.get("fold"))]
+        for r in a
+        if (r["seed"], r.get("fold")) in by_run and key in r["test"]
+    ]
+    mean, se = mean_se(diffs)
+    return {"mean": mean, "two_se": 2 * se, "pairs": len(diffs)}
 
 
 def _cell(value: tuple[float, float], digits: int = 3) -> str:
@@ -166,9 +174,26 @@ def main() -> None:
     parser.add_argument("--plan", action="append", help="Only these plans (repeatable).")
     parser.add_argument("--png", type=Path, help="Write the front of these plans as a PNG.")
     parser.add_argument("--readme", type=Path, help="Fill the README's study section.")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        action="append",
+        metavar=("A", "B"),
+        help='Paired test-accuracy difference of two "plan: config" rows (repeatable).',
+    )
     args = parser.parse_args()
     groups = load(args.results, args.plan)
     table = markdown(groups)
+    for a, b in args.compare or []:
+        lines = []
+        for key, what in (("accuracy", "test accuracy"), ("keyword_accuracy", "keyword accuracy")):
+            d = paired_difference(groups[a], groups[b], key)
+            verdict = "beyond" if abs(d["mean"]) > d["two_se"] else "within"
+            lines.append(
+                f"{what} {d['mean']:+.3f} ± {d['two_se']:.3f} ({d['pairs']} pairs, {verdict} "
+                "two standard errors)"
+            )
+        table += f"\n\n{a} minus {b}: " + "; ".join(lines) + "."
     print(table)
     if args.png:
         pareto(groups, args.png)
