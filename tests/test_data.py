@@ -285,7 +285,7 @@ def test_speed_perturbation_changes_words_and_keeps_sequences_full(tiny_corpus):
     after = sequences(SequenceConfig(**{**plain.__dict__, "speed_perturb": 0.2}))
     assert plain.validate() is None and len(after) == len(before)
     changed = 0
-    for (audio, targets, regions, _), (audio0, _, regions0, _) in zip(after, before):
+    for (audio, _, regions, _), (audio0, _, regions0, _) in zip(after, before):
         assert audio.shape == audio0.shape and np.isfinite(audio).all()
         assert sorted(regions[:, 2]) == sorted(regions0[:, 2])  # the same keywords
         changed += not np.allclose(audio, audio0)

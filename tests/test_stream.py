@@ -418,7 +418,11 @@ def test_trained_model_finds_keywords_at_their_times(trained_run, test_recording
     report = evaluate_recording(load_model(trained_run["best"]), wav, truth)
     assert report["hits"] == hits and len(report["det"]) > 10
     rates = [p["hit_rate"] for p in report["det"]]
-    assert rates == sorted(rates, reverse=True)  # higher thresholds never hit more
+    # Higher thresholds hit less, up to one word at a step: a lower threshold can fire earlier,
+    # so its event's centre may miss the word's tolerance where a later event would not.
+    one_word = 1 / len(truth["events"])
+    assert rates[0] >= rates[-1] and rates[0] > 0.5
+    assert all(later <= earlier + one_word + 1e-9 for earlier, later in zip(rates, rates[1:]))
 
 
 def test_segments_give_the_events_of_strict_streaming(trained_run, test_recording):
@@ -446,9 +450,11 @@ def test_segments_across_blocks_equal_the_stream_for_the_trained_model(trained_r
     config = DetectorConfig(threshold=0.3)
     levels = frame_levels(frames, FE)
     strict = [e.as_dict() for e in decode(exact, levels, runtime.labels, config, FE)]
-    assert strict and [
-        e.as_dict() for e in decode(batched, levels, runtime.labels, config, FE)
-    ] == (strict)
+    segmented = [e.as_dict() for e in decode(batched, levels, runtime.labels, config, FE)]
+    assert strict and len(segmented) == len(strict)
+    for a, b in zip(strict, segmented):  # the same events; scores within 1e-3, as above
+        assert (a["keyword"], a["start"], a["end"]) == (b["keyword"], b["start"], b["end"])
+        assert abs(a["score"] - b["score"]) < 1e-3
     assert np.abs(batched - exact).max() < 0.05  # the state forgets its zero start
 
 
