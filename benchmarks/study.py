@@ -72,6 +72,7 @@ def score(run: Path, data: Path, split: str) -> dict:
     return {
         "accuracy": report["accuracy"],
         "count": report["count"],
+        "params": report["params"],
         "recall": {label: c["recall"] for label, c in classes.items()},
         "support": {label: c["support"] for label, c in classes.items()},
         # the clips ref_gru_baseline.py's keyword_only_acc counts: the ten keywords' own
@@ -138,15 +139,18 @@ def run_one(plan: dict, config: str, seed: int, data: Path, runs: Path, results:
         append(results, record)
         return record
     started = time.perf_counter()
-    base = train_and_eval(config, plan["configs"][config], seed, data, runs)
+    base = train_and_eval(config, plan["configs"][config], seed, data, runs, evaluate=False)
     out = runs / run_name(config, seed)
+    test = score(out, data, "testing")
     record = {
         **header(plan, config, seed, fold, started),
         "train_seconds": train_seconds(out),
-        **{k: base[k] for k in ("test_accuracy", "params", "best_epoch", "epochs")},
+        "test_accuracy": test["accuracy"],
+        "params": test.pop("params"),
+        **{k: base[k] for k in ("best_epoch", "epochs")},
         **{k: base[k] for k in ("val_hit_rate", "val_fa_per_hour", "seconds_per_epoch")},
-        "test": score(out, data, "testing"),
-        "validation": score(out, data, "validation"),
+        "test": test,
+        "validation": {k: v for k, v in score(out, data, "validation").items() if k != "params"},
         **cost(out),
     }
     append(results, record)

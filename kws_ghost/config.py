@@ -269,6 +269,11 @@ class SequenceConfig:
         "mean frame logits (denser supervision).",
         ("max", "tail", "region"),
     )
+    negative_peak: float = setting(
+        0.0,
+        "Weight of a max-pooling term on negatives: each sequence's background frame where a "
+        "keyword's posterior peaks is pushed towards _silence_/_unknown_ (0: off).",
+    )
     trim_prob: float = setting(0.5, "Probability a word is cut to its speech (else its 1 s clip).")
     gain_db: float = setting(6.0, "Each word's level varies by up to this much, either way.")
     noise_prob: float = setting(
@@ -296,6 +301,8 @@ class SequenceConfig:
     def validate(self) -> None:
         if self.seconds <= 0 or self.words < 1 or self.distractors < 0:
             raise KwsError("sequence seconds and words must be positive")
+        if self.negative_peak < 0:
+            raise KwsError(f"--negative-peak must not be negative, not {self.negative_peak}")
         if not 0 <= self.speed_perturb < 0.5:
             raise KwsError(f"speed perturbation must be in [0, 0.5), not {self.speed_perturb}")
         if (self.words + self.distractors) * 1.0 > self.seconds:

@@ -190,7 +190,13 @@ class StreamObjective(Objective):
         self.state = state.detach()
         region_mean = config.sequence.keyword_targets == "region"
         loss, stats = stream_loss(
-            logits, targets, regions, self.background, config.label_smoothing, region_mean
+            logits,
+            targets,
+            regions,
+            self.background,
+            config.label_smoothing,
+            region_mean,
+            config.sequence.negative_peak,
         )
         right = int(stats["keywords_right"]) + int(stats["background_right"])
         seen = int(stats["keywords"]) + int(stats["background"])
