@@ -9,9 +9,11 @@ that was interrupted from its last epoch), then prints the table so far.
 PLAN.json: ``{"name": "front-1", "seeds": [0, 1, 2], "jobs": 1,
 "configs": {"ghost-gru": [], "gru H93": ["--model", "gru", "--hidden", "93"]},
 "seeds_of": {"gru H93": [0]}, "folds": 7}``: flags of `kws-ghost train`; ``seeds_of``
-(optional) gives some configs other seeds; with ``folds`` (optional) seed s trains and is scored
-on speaker fold s mod ``folds`` of ``--data`` (``benchmarks/folds.py``), so a config's seeds test
-different speakers and their mean stands for more of them than one test split does.
+(optional) gives some configs other seeds; a flag may name ``{seed}`` and ``{runs}`` (the
+``--runs`` folder), so a config can start from another plan's run (``--init``); with ``folds``
+(optional) seed s trains and is scored on speaker fold s mod ``folds`` of ``--data``
+(``benchmarks/folds.py``), so a config's seeds test different speakers and their mean stands for
+more of them than one test split does.
 
 Each run is scored by `kws-ghost eval` on the test and the validation split (screening uses
 validation plus test, confirmation the test split); a line holds the config, its flags, the seed,
@@ -139,7 +141,12 @@ def run_one(plan: dict, config: str, seed: int, data: Path, runs: Path, results:
         append(results, record)
         return record
     started = time.perf_counter()
-    base = train_and_eval(config, plan["configs"][config], seed, data, runs, evaluate=False)
+    # {seed} and {runs} (the study's runs folder) let a config start from another plan's run
+    flags = [
+        flag.replace("{seed}", str(seed)).replace("{runs}", str(runs.parent))
+        for flag in plan["configs"][config]
+    ]
+    base = train_and_eval(config, flags, seed, data, runs, evaluate=False)
     out = runs / run_name(config, seed)
     test = score(out, data, "testing")
     record = {

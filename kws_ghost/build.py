@@ -119,7 +119,34 @@ def build_network(
     )
     mean, std = feature_statistics(plain, Frontend(frontend), config.norm_clips, config.seed)
     model.set_normalization(mean, std)
+    if config.init:
+        load_initial_weights(model, config.init, frontend, data.labels)
     return model
+
+
+# fields that may differ between a run and the model file it starts from
+INIT_MAY_DIFFER = ("objective", "pooling", "dropout")
+
+
+def load_initial_weights(
+    model: Any, path: str, frontend: FrontendConfig, labels: list[str]
+) -> None:
+    """Copy the weights (and feature normalisation) of model file ``path`` into ``model``;
+    one clear line where that file's model, labels or front-end differ from the run's."""
+    from kws_ghost.checkpoint import load_checkpoint
+
+    source = load_checkpoint(path)
+    if source.labels != list(labels):
+        raise KwsError(f"--init {path}: its labels {source.labels} are not this run's {labels}")
+    if source.frontend_config != frontend:
+        raise KwsError(f"--init {path}: its features differ from this run's front-end")
+    ours = dataclasses.asdict(model.config)
+    theirs = dataclasses.asdict(source.model_config)
+    differ = sorted(k for k in ours if k not in INIT_MAY_DIFFER and ours[k] != theirs.get(k))
+    if differ:
+        described = ", ".join(f"{k} {theirs.get(k)} (this run: {ours[k]})" for k in differ)
+        raise KwsError(f"--init {path}: another model: {described}")
+    model.load_state_dict(source.model_state, strict=True)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:

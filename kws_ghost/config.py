@@ -348,6 +348,11 @@ class TrainConfig:
         f"Passes over the training items [default: the budget, at least {MIN_EPOCHS} epochs and "
         f"{MIN_ITEMS:,} training items, so a small corpus trains long enough].",
     )
+    init: str = setting(
+        "",
+        "Start from this model file's weights and feature normalisation (fine-tuning, or the "
+        "stream objective after the clip one): same architecture, width, labels and front-end.",
+    )
     batch_size: int = setting(64, "Global batch (sequences or clips), split across processes.")
     lr: float = setting(6e-3, "Peak learning rate (AdamW, warm-up then cosine decay).")
     weight_decay: float = setting(1e-2, "AdamW weight decay.")

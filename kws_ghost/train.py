@@ -93,7 +93,8 @@ class Trainer:
         check_model(train_config, model_config)
         if checkpoint is None:  # the corpus as an absolute path: eval and analyze run anywhere
             absolute = str(Path(train_config.data).resolve())
-            train_config = dataclasses.replace(train_config, data=absolute)
+            init = str(Path(train_config.init).resolve()) if train_config.init else ""
+            train_config = dataclasses.replace(train_config, data=absolute, init=init)
         self.config = train_config
         self.frontend_config = frontend_config
         self.progress = progress

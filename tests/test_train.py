@@ -515,3 +515,45 @@ def test_a_models_objective_is_recorded_or_derived_from_its_pooling():
     assert clip.objective == "clip" and clip.pooling == "mean" and not clip.streams
     stream = make_objective(TrainConfig(), labels).network_config(ModelConfig())
     assert stream.objective == "stream" and stream.streams
+
+
+@pytest.mark.slow
+def test_init_starts_a_run_from_another_models_weights(tiny_corpus, tmp_path):
+    """--init: a stream run from a clip run's weights (the two-stage recipe), and one clear line
+    for a model file of another width or another front-end."""
+    from kws_ghost.build import build_data, build_network
+    from kws_ghost.config import FrontendConfig, ModelConfig, TrainConfig
+
+    clip = tmp_path / "clip"
+    first = kws(
+        "train", "--data", tiny_corpus, *FAST, "--objective", "clip", "--epochs", "1",
+        "--out", clip,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    source = load_checkpoint(clip / "best.pt")
+    config = TrainConfig(data=str(tiny_corpus), init=str(clip / "best.pt"))
+    data = build_data(config, FrontendConfig(), None, lambda message: None, True)
+    model = build_network(ModelConfig(hidden=16, layers=1), FrontendConfig(), data, config)
+    assert model.config.objective == "stream" and source.model_config.objective == "clip"
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, source.model_state[name]), name
+
+    stream = tmp_path / "stream"
+    second = kws(
+        "train", "--data", tiny_corpus, *FAST, "--epochs", "1", "--init", clip / "best.pt",
+        "--out", stream, "--json",
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    assert json.loads((stream / "config.json").read_text())["train"]["init"] == str(
+        (clip / "best.pt").resolve()
+    )
+    wider = kws("train", "--data", tiny_corpus, *FAST, "--hidden", "24", "--init", clip / "best.pt")
+    assert wider.returncode == 1 and "Traceback" not in wider.stderr
+    assert "another model: hidden 16 (this run: 24)" in wider.stderr.splitlines()[-1]
+    other = kws(
+        "train", "--data", tiny_corpus, *FAST, "--features", "logmel", "--init", clip / "best.pt"
+    )
+    assert other.returncode == 1 and "front-end" in other.stderr.splitlines()[-1]
+    missing = kws("train", "--data", tiny_corpus, *FAST, "--init", tmp_path / "none.pt")
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert "none.pt" in missing.stderr.splitlines()[-1]
