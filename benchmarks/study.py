@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+import filelock
 from bench_accuracy import run_name, train_and_eval  # benchmarks/ is this script's folder
 from folds import make_fold
 from study_report import load, markdown
@@ -50,10 +51,15 @@ def finished(results: Path, plan: str) -> set[tuple[str, int]]:
     return done
 
 
+def locked(results: Path) -> filelock.FileLock:
+    """The lock every writer of ``results`` holds: two studies may append to it at once."""
+    return filelock.FileLock(str(results) + ".lock")
+
+
 def append(results: Path, record: dict) -> None:
     """One line, flushed and synced: a killed study keeps every run that finished."""
     results.parent.mkdir(parents=True, exist_ok=True)
-    with open(results, "a") as handle:
+    with locked(results), open(results, "a") as handle:
         handle.write(json.dumps(record) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
@@ -131,6 +137,31 @@ def cost(run: Path) -> dict:
     return {"macs_per_frame": model.macs_per_frame(), "state_bytes": model.rnn.state_bytes()}
 
 
+def test_detection(run: Path, data: Path, seed: int) -> dict:
+    """Hit rate at 10 false alarms per hour on recordings of the *test* speakers, built as the
+    validation ones are (every test keyword clip once among other words; 30 minutes of other
+    words and noise): the validation hit rate helped choose best.pt, this one did not. Empty for
+    a clip-objective model (it scores windows, not streams)."""
+    import torch
+
+    from kws_ghost.data import scan_corpus
+    from kws_ghost.runtime import load_model
+    from kws_ghost.validation import ValidationRecordings
+
+    torch.set_num_threads(1)  # beside the training runs
+    runtime = load_model(run / "best.pt")
+    if not runtime.streaming:
+        return {}
+    recordings = ValidationRecordings(
+        scan_corpus(data), runtime.labels, runtime.frontend_config, seed=seed, split="testing"
+    )
+    summary = recordings.evaluate(runtime, 10.0)
+    return {
+        "test_hit_rate": summary["hit_rate"],
+        "test_fa_per_hour": summary["false_alarms_per_hour"],
+    }
+
+
 def run_one(plan: dict, config: str, seed: int, data: Path, runs: Path, results: Path) -> dict:
     fold = None
     if plan.get("folds"):
@@ -159,6 +190,7 @@ def run_one(plan: dict, config: str, seed: int, data: Path, runs: Path, results:
         "test": test,
         "validation": {k: v for k, v in score(out, data, "validation").items() if k != "params"},
         **cost(out),
+        **test_detection(out, data, seed),
     }
     append(results, record)
     return record
@@ -179,6 +211,40 @@ def pending(plan: dict, results: Path) -> list[tuple[str, int]]:
     return [(c, s) for c, s in todo if (c, s) not in done]
 
 
+def add_test_detection(plans: list[dict], data: Path, runs: Path, results: Path) -> int:
+    """Add ``test_detection`` to the lines of ``plans`` that lack it and whose run folders are
+    still under ``runs``; the file is rewritten whole under its lock (temporary file, then
+    rename), so lines another study appended meanwhile stay."""
+    names = {plan["name"]: plan for plan in plans}
+    found: dict[tuple[str, str, int], dict] = {}
+    for line in results.read_text().splitlines():
+        record = json.loads(line) if line.strip() else None
+        if not record or record["plan"] not in names or "test_hit_rate" in record:
+            continue
+        plan = names[record["plan"]]
+        out = runs / plan["name"] / run_name(record["config"], record["seed"])
+        if not (out / "best.pt").exists() or plan["configs"][record["config"]][:1] == ["@ref"]:
+            continue
+        fold = record.get("fold")
+        folded = data if fold is None else runs / plan["name"] / "folds" / f"fold-{fold}"
+        detection = test_detection(out, folded, record["seed"])
+        if detection:
+            found[(record["plan"], record["config"], record["seed"])] = detection
+            print(f"{record['plan']}: {record['config']} seed {record['seed']}: {detection}")
+    with locked(results):
+        lines = []
+        for line in results.read_text().splitlines():
+            record = json.loads(line) if line.strip() else None
+            key = record and (record["plan"], record["config"], record["seed"])
+            if key in found and "test_hit_rate" not in record:
+                line = json.dumps({**record, **found[key]})
+            lines.append(line)
+        temporary = results.with_suffix(".jsonl.tmp")
+        temporary.write_text("\n".join(lines) + "\n")
+        os.replace(temporary, results)
+    return len(found)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("plans", type=Path, nargs="+", help="One or more plans, run in turn.")
@@ -187,9 +253,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/study.jsonl"))
     parser.add_argument("--jobs", type=int, help="Runs side by side [default: the first plan's].")
     parser.add_argument("--table", action="store_true", help="Only print the table so far.")
+    parser.add_argument(
+        "--add-test-detection",
+        action="store_true",
+        help="Only add the test speakers' hit rate to finished runs still under --runs.",
+    )
     args = parser.parse_args()
     plans = [json.loads(path.read_text()) for path in args.plans]
-    if not args.table:
+    if args.add_test_detection:
+        added = add_test_detection(plans, args.data.resolve(), args.runs.resolve(), args.out)
+        print(f"{added} runs scored on test recordings")
+    elif not args.table:
         todo = [(plan, c, s) for plan in plans for c, s in pending(plan, args.out)]
         print(f"{len(todo)} runs to go", flush=True)
         with concurrent.futures.ThreadPoolExecutor(args.jobs or plans[0].get("jobs", 1)) as pool:

@@ -64,6 +64,9 @@ def summarise(records: list[dict]) -> dict:
         "keyword": mean_se(keyword),
         "pooled": mean_se([p for p in pooled if not math.isnan(p)]),
         "hit_rate": mean_se(hits),
+        "test_hit_rate": mean_se(
+            [r["test_hit_rate"] for r in records if r.get("test_hit_rate") is not None]
+        ),
         "macs": records[0].get("macs_per_frame"),
         "state_bytes": records[0].get("state_bytes"),
         "params": records[0]["params"],
@@ -74,16 +77,28 @@ def summarise(records: list[dict]) -> dict:
     }
 
 
+def measured(record: dict, key: str) -> float:
+    """A run's figure by name: ``pooled`` (validation plus test), ``test_hit_rate`` or a key of
+    its test scores."""
+    if key == "pooled":
+        return pooled_accuracy(record)
+    if key == "test_hit_rate":
+        value = record.get(key)
+        return math.nan if value is None else value
+    return record["test"].get(key, math.nan)
+
+
 def paired_difference(a: list[dict], b: list[dict], key: str = "accuracy") -> dict:
-    """Test ``key`` of config a minus config b over the (seed, fold) pairs both ran: the same
-    speakers on both sides, so the folds' own difficulty cancels. Mean, two standard errors of
-    the mean difference, and the pairs."""
-    by_run = {(r["seed"], r.get("fold")): r["test"][key] for r in b if key in r["test"]}
+    """``key`` (``measured``) of config a minus config b over the (seed, fold) pairs both ran: the
+    same speakers on both sides, so the folds' own difficulty cancels. Mean, two standard errors
+    of the mean difference, and the pairs."""
+    by_run = {(r["seed"], r.get("fold")): measured(r, key) for r in b}
     diffs = [
-        r["test"][key] - by_run[(r["seed"], r.get("fold"))]
+        measured(r, key) - by_run[(r["seed"], r.get("fold"))]
         for r in a
-        if (r["seed"], r.get("fold")) in by_run and key in r["test"]
+        if (r["seed"], r.get("fold")) in by_run
     ]
+    diffs = [d for d in diffs if not math.isnan(d)]
     mean, se = mean_se(diffs)
     return {"mean": mean, "two_se": 2 * se, "pairs": len(diffs)}
 
@@ -106,8 +121,9 @@ def _count(value: int | None) -> str:
 def markdown(groups: dict[str, list[dict]]) -> str:
     lines = [
         "| plan: config | runs | MACs/frame | state bytes | test acc (± 2 SE) | val+test acc "
-        "| keyword acc | val hit rate @10 FA/h | unknown recall | silence recall | train min |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| keyword acc | val hit rate @10 FA/h | test hit rate @10 FA/h | unknown recall "
+        "| silence recall | train min |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, records in groups.items():
         row = summarise(records)
@@ -115,7 +131,7 @@ def markdown(groups: dict[str, list[dict]]) -> str:
         lines.append(
             f"| {name} | {row['runs']} | {_count(row['macs'])} | {_count(row['state_bytes'])} "
             f"| {_cell(row['test'])} | {_cell(row['pooled'])} | {_cell(row['keyword'])} "
-            f"| {_cell(row['hit_rate'], 2)} "
+            f"| {_cell(row['hit_rate'], 2)} | {_cell(row['test_hit_rate'], 2)} "
             f"| {_share(recall.get('_unknown_'))} | {_share(recall.get('_silence_'))} "
             f"| {row['minutes']:.1f} |"
         )
@@ -184,10 +200,21 @@ def main() -> None:
     args = parser.parse_args()
     groups = load(args.results, args.plan)
     table = markdown(groups)
+    every = load(args.results, None)  # a comparison may name rows of any plan
     for a, b in args.compare or []:
+        unknown = [row for row in (a, b) if row not in every]
+        if unknown:
+            parser.error(f"--compare: no runs of {', '.join(unknown)} in {args.results}")
         lines = []
-        for key, what in (("accuracy", "test accuracy"), ("keyword_accuracy", "keyword accuracy")):
-            d = paired_difference(groups[a], groups[b], key)
+        for key, what in (
+            ("accuracy", "test accuracy"),
+            ("pooled", "val+test accuracy"),
+            ("keyword_accuracy", "keyword accuracy"),
+            ("test_hit_rate", "test hit rate"),
+        ):
+            d = paired_difference(every[a], every[b], key)
+            if not d["pairs"]:
+                continue
             verdict = "beyond" if abs(d["mean"]) > d["two_se"] else "within"
             lines.append(
                 f"{what} {d['mean']:+.3f} ± {d['two_se']:.3f} ({d['pairs']} pairs, {verdict} "

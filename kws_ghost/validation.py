@@ -12,7 +12,8 @@ from kws_ghost.recordings import compose_recording
 
 
 class ValidationRecordings:
-    """Recordings of validation speakers, built once per run, scored after every epoch: every
+    """Recordings of validation speakers (or of ``split``'s: the study scores test speakers
+    alike), built once per run, scored after every epoch: every
     validation keyword clip once among other words (the hit rate) and ``minutes`` of other words
     and noise only (the false-alarm rate; without other words in the split, the keyword
     recording's own false alarms count). Their features are computed once and kept.
@@ -32,6 +33,7 @@ class ValidationRecordings:
         minutes: float = 30.0,
         seed: int = 0,
         warn: Optional[Any] = None,
+        split: str = "validation",
     ) -> None:
         from kws_ghost.frontend import compute_features
 
@@ -40,7 +42,7 @@ class ValidationRecordings:
         audio, truth = compose_recording(
             corpus,
             keywords,
-            split="validation",
+            split=split,
             seed=seed,
             sample_rate=rate,
             every_keyword=True,
@@ -48,13 +50,13 @@ class ValidationRecordings:
         )
         self.keywords = {"features": compute_features(audio, frontend), "truth": truth}
         self.negatives = None
-        others = [w for w in corpus.words if w not in keywords and corpus.clips(w, "validation")]
+        others = [w for w in corpus.words if w not in keywords and corpus.clips(w, split)]
         if others and minutes > 0:
             audio, truth = compose_recording(
                 corpus,
                 keywords,
                 minutes * 60,
-                "validation",
+                split,
                 1.0,
                 seed=seed + 1,
                 sample_rate=rate,
