@@ -532,7 +532,7 @@ def test_init_starts_a_run_from_another_models_weights(tiny_corpus, tmp_path):
     assert first.returncode == 0, first.stderr
     source = load_checkpoint(clip / "best.pt")
     config = TrainConfig(data=str(tiny_corpus), init=str(clip / "best.pt"))
-    data = build_data(config, FrontendConfig(), None, lambda message: None, True)
+    data = build_data(config, FrontendConfig(), None, lambda message: None, False)
     model = build_network(ModelConfig(hidden=16, layers=1), FrontendConfig(), data, config)
     assert model.config.objective == "stream" and source.model_config.objective == "clip"
     for name, value in model.state_dict().items():
