@@ -80,7 +80,6 @@ def score(run: Path, data: Path, split: str) -> dict:
     return {
         "accuracy": report["accuracy"],
         "count": report["count"],
-        "params": report["params"],
         "recall": {label: c["recall"] for label, c in classes.items()},
         "support": {label: c["support"] for label, c in classes.items()},
         # the clips ref_gru_baseline.py's keyword_only_acc counts: the ten keywords' own
@@ -134,7 +133,25 @@ def cost(run: Path) -> dict:
     from kws_ghost.checkpoint import load_checkpoint
 
     model = load_checkpoint(run / "best.pt").build_model()
-    return {"macs_per_frame": model.macs_per_frame(), "state_bytes": model.rnn.state_bytes()}
+    return {
+        "params": model.num_params(),
+        "macs_per_frame": model.macs_per_frame(),
+        "state_bytes": model.rnn.state_bytes(),
+    }
+
+
+def is_reference(plan: dict, config: str) -> bool:
+    """A config that runs ``ref_gru_baseline.py`` (``["@ref", ...its flags]``)."""
+    return plan["configs"][config][:1] == ["@ref"]
+
+
+def fold_data(plan: dict, seed: int, data: Path, plan_runs: Path) -> tuple[int | None, Path]:
+    """(fold, corpus folder) a run of ``seed`` trains and is scored on: with ``folds``, seed s
+    uses speaker fold s mod folds, made (once) under the plan's runs folder."""
+    if not plan.get("folds"):
+        return None, data
+    fold = seed % plan["folds"]
+    return fold, make_fold(data, plan_runs / "folds" / f"fold-{fold}", fold, plan["folds"])
 
 
 def test_detection(run: Path, data: Path, seed: int) -> dict:
@@ -163,11 +180,8 @@ def test_detection(run: Path, data: Path, seed: int) -> dict:
 
 
 def run_one(plan: dict, config: str, seed: int, data: Path, runs: Path, results: Path) -> dict:
-    fold = None
-    if plan.get("folds"):
-        fold = seed % plan["folds"]
-        data = make_fold(data, runs / "folds" / f"fold-{fold}", fold, plan["folds"])
-    if plan["configs"][config][:1] == ["@ref"]:
+    fold, data = fold_data(plan, seed, data, runs)
+    if is_reference(plan, config):
         record = run_reference(plan, config, seed, data, fold)
         append(results, record)
         return record
@@ -184,11 +198,10 @@ def run_one(plan: dict, config: str, seed: int, data: Path, runs: Path, results:
         **header(plan, config, seed, fold, started),
         "train_seconds": train_seconds(out),
         "test_accuracy": test["accuracy"],
-        "params": test.pop("params"),
         **{k: base[k] for k in ("best_epoch", "epochs")},
         **{k: base[k] for k in ("val_hit_rate", "val_fa_per_hour", "seconds_per_epoch")},
         "test": test,
-        "validation": {k: v for k, v in score(out, data, "validation").items() if k != "params"},
+        "validation": score(out, data, "validation"),
         **cost(out),
         **test_detection(out, data, seed),
     }
@@ -223,10 +236,9 @@ def add_test_detection(plans: list[dict], data: Path, runs: Path, results: Path)
             continue
         plan = names[record["plan"]]
         out = runs / plan["name"] / run_name(record["config"], record["seed"])
-        if not (out / "best.pt").exists() or plan["configs"][record["config"]][:1] == ["@ref"]:
+        if not (out / "best.pt").exists() or is_reference(plan, record["config"]):
             continue
-        fold = record.get("fold")
-        folded = data if fold is None else runs / plan["name"] / "folds" / f"fold-{fold}"
+        _, folded = fold_data(plan, record["seed"], data, runs / plan["name"])
         detection = test_detection(out, folded, record["seed"])
         if detection:
             found[(record["plan"], record["config"], record["seed"])] = detection

@@ -114,13 +114,14 @@ def build_network(
     model_config = data.objective.network_config(model_config)
     torch.manual_seed(config.seed)
     model = build_model(model_config)
+    if config.init:  # its weights come with the normalisation they were trained under
+        load_initial_weights(model, config.init, frontend, data.labels)
+        return model
     plain = ClipDataset(
         data.corpus, data.train_items, frontend.clip_samples, frontend.sample_rate, None
     )
     mean, std = feature_statistics(plain, Frontend(frontend), config.norm_clips, config.seed)
     model.set_normalization(mean, std)
-    if config.init:
-        load_initial_weights(model, config.init, frontend, data.labels)
     return model
 
 
