@@ -111,11 +111,13 @@ def score_audio(
 
 
 def score_features(runtime: Any, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``score_audio`` for stored features of a streaming model (segment scorer)."""
+    """``score_audio`` for stored features: the scorer a file gets (segments for a streaming
+    model, windows for a clip-trained one), so both kinds have a DET on the same recordings."""
     from kws_ghost.frontend import frame_levels
-    from kws_ghost.scorers import make_scorer
+    from kws_ghost.scorers import choose_scorer, make_scorer
 
-    scorer = make_scorer(runtime, "segments")
+    # windows in batches: a stored recording need not round as every chunking of it would
+    scorer = make_scorer(runtime, choose_scorer(runtime, "auto", live=False), window_batch=64)
     parts = [
         scorer.push(features[i : i + BLOCK_FRAMES]) for i in range(0, len(features), BLOCK_FRAMES)
     ]

@@ -394,6 +394,24 @@ def test_window_scorer_for_clip_trained_models(tmp_path):
         KeywordDetector(runtime, DetectorConfig(threshold=0.5), "stream")
 
 
+def test_stored_features_of_a_clip_model_are_scored_by_windows(tmp_path):
+    """The validation and test recordings' DET (``score_features``) scores a clip-trained model
+    window by window, as ``detect`` scores a file, so its hit rate compares with a stream's."""
+    from kws_ghost.det import score_audio, score_features
+
+    model = random_model(pooling="mean")
+    path = tmp_path / "clip.pt"
+    save_checkpoint(path, model, FE, LABELS)
+    runtime = load_model(path)
+    audio = speechless_audio(3.0)
+    from_features, levels = score_features(runtime, compute_features(audio, FE))
+    from_audio, _ = score_audio(runtime, audio)
+    assert from_features.shape == from_audio.shape and len(levels) == len(from_features)
+    assert np.abs(from_features - from_audio).max() < 1e-4
+    # not the stream's posteriors: a window's first frames hold the silence prior until scored
+    assert np.allclose(from_features[0, LABELS.index("_silence_")], 1.0)
+
+
 class _Event:
     def __init__(self, record):
         self.keyword, self.start, self.end = record["keyword"], record["start"], record["end"]
