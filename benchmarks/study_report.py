@@ -103,6 +103,11 @@ def paired_difference(a: list[dict], b: list[dict], key: str = "accuracy") -> di
     return {"mean": mean, "two_se": 2 * se, "pairs": len(diffs)}
 
 
+def joined(groups: dict[str, list[dict]], side: str) -> list[dict]:
+    """The runs of one side of a comparison: a row, or rows joined with " + "."""
+    return [record for row in side.split(" + ") for record in groups[row]]
+
+
 def _cell(value: tuple[float, float], digits: int = 3) -> str:
     mean, se = value
     if math.isnan(mean):
@@ -195,16 +200,18 @@ def main() -> None:
         nargs=2,
         action="append",
         metavar=("A", "B"),
-        help='Paired test-accuracy difference of two "plan: config" rows (repeatable).',
+        help='Paired differences of two "plan: config" rows (repeatable); a side may join rows '
+        'with " + " (the same config on other folds: "front-2: gru H93 + front-4: gru H93").',
     )
     args = parser.parse_args()
     groups = load(args.results, args.plan)
     table = markdown(groups)
     every = load(args.results, None)  # a comparison may name rows of any plan
     for a, b in args.compare or []:
-        unknown = [row for row in (a, b) if row not in every]
+        unknown = [row for side in (a, b) for row in side.split(" + ") if row not in every]
         if unknown:
             parser.error(f"--compare: no runs of {', '.join(unknown)} in {args.results}")
+        runs_a, runs_b = (joined(every, side) for side in (a, b))
         lines = []
         for key, what in (
             ("accuracy", "test accuracy"),
@@ -212,7 +219,7 @@ def main() -> None:
             ("keyword_accuracy", "keyword accuracy"),
             ("test_hit_rate", "test hit rate"),
         ):
-            d = paired_difference(every[a], every[b], key)
+            d = paired_difference(runs_a, runs_b, key)
             if not d["pairs"]:
                 continue
             verdict = "beyond" if abs(d["mean"]) > d["two_se"] else "within"
