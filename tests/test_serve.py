@@ -56,6 +56,10 @@ def detect_events(wav, model):
     ]
 
 
+def without_score(event: dict) -> dict:
+    return {k: v for k, v in event.items() if k != "score"}
+
+
 async def stream_audio(host, port, pcm, rate=16000, channels=1, width=2, chunk=1024):
     """Send one stream; the detections (as detect's records) and whether not-detected came."""
     async with AsyncTcpClient(host, port) as client:
@@ -119,7 +123,13 @@ def test_clients_at_once_each_get_the_events_of_detect(server, exported, test_re
     whole, small_chunks, stereo_48k, silence = asyncio.run(together())
     assert whole == (expected, False)
     assert small_chunks == (expected, False)
-    assert stereo_48k == (expected_stereo, False) and len(expected_stereo) >= 5
+    # resampled as a stream rather than as a whole file, 48 kHz audio reaches the model a few
+    # ulps apart: the same events, a score may differ in its last rounded digit
+    found, not_detected = stereo_48k
+    assert not not_detected and len(expected_stereo) >= 5
+    assert [without_score(e) for e in found] == [without_score(e) for e in expected_stereo]
+    scores = [e["score"] for e in found], [e["score"] for e in expected_stereo]
+    assert np.allclose(*scores, atol=3e-4)
     assert silence == ([], True)
 
 
