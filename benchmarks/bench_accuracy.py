@@ -64,8 +64,9 @@ def train_and_eval(
     out = runs / run_name(name, seed)
     base = [sys.executable, "-m", "kws_ghost"]
     if train:
-        # A run with a checkpoint is resumed: an interrupted one continues, a finished one returns.
-        if (out / "last.pt").exists():
+        # A run with a checkpoint (or its clip stage's) is resumed: an interrupted one continues,
+        # a finished one returns.
+        if (out / "last.pt").exists() or (out / "clip" / "last.pt").exists():
             command = [*base, "train", "--resume", "--out", str(out)]
         else:
             command = [*base, "train", "--data", str(data), *flags, "--seed", str(seed)]

@@ -208,8 +208,15 @@ def run_one(plan: dict, config: str, seed: int, data: Path, runs: Path, results:
 
 
 def train_seconds(run: Path) -> float:
-    """Training and validation time of a run, from its epochs' records (not its scoring)."""
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    """Training and validation time of a run, its clip stage's included, from its epochs'
+    records (not its scoring)."""
+    files = [run / "metrics.jsonl", run / "clip" / "metrics.jsonl"]
+    records = [
+        json.loads(line)
+        for path in files
+        if path.exists()
+        for line in path.read_text().splitlines()
+    ]
     return round(sum(r["seconds"] + r.get("val_seconds", 0.0) for r in records), 1)
 
 

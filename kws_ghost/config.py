@@ -14,6 +14,7 @@ CHEAP_OPERATIONS = ("linear", "elementwise")
 ACTIVATIONS = ("none", "tanh", "relu", "sigmoid")
 POOLINGS = ("mean", "last", "max")
 OBJECTIVES = ("stream", "clip")
+WARM_STARTS = ("clip", "none")
 FEATURE_KINDS = ("mfcc", "logmel")
 TASKS = ("gsc12", "gsc35", "custom")
 # The default training budget: at least this many training items (sequences or clips) and
@@ -353,6 +354,16 @@ class TrainConfig:
         "Start from this model file's weights and feature normalisation (fine-tuning, or the "
         "stream objective after the clip one): same architecture, width, labels and front-end.",
     )
+    warm_start: str = setting(
+        "clip",
+        "clip: the stream objective starts from weights trained first on 1 s clips (the clip "
+        "objective, in RUN/clip; 2.5 points more clip accuracy on held-out speakers at 1.4x the "
+        "time); none: from random weights. Unused with --init or the clip objective.",
+        WARM_STARTS,
+    )
+    warm_start_epochs: Optional[int] = setting(
+        None, "Epochs of the clip stage [default: the clip objective's budget]."
+    )
     batch_size: int = setting(64, "Global batch (sequences or clips), split across processes.")
     lr: float = setting(6e-3, "Peak learning rate (AdamW, warm-up then cosine decay).")
     weight_decay: float = setting(1e-2, "AdamW weight decay.")
@@ -389,12 +400,31 @@ class TrainConfig:
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     sequence: SequenceConfig = dataclasses.field(default_factory=SequenceConfig)
 
+    @property
+    def clip_stage_first(self) -> bool:
+        """Whether the run starts with its clip stage (the stream objective, warm-started from
+        clip weights, no --init)."""
+        return self.objective == "stream" and self.warm_start == "clip" and not self.init
+
+    def clip_stage(self) -> TrainConfig:
+        """The first stage of a warm-started run: the same recipe with the clip objective."""
+        return dataclasses.replace(
+            self,
+            objective="clip",
+            warm_start="none",
+            epochs=self.warm_start_epochs,
+            warm_start_epochs=None,
+        )
+
     def validate(self) -> None:
         if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1 or self.lr <= 0:
             raise KwsError("epochs, batch size and learning rate must be positive")
         if self.val_every < 1 or not 0 <= self.val_from <= 1:
             raise KwsError("--val-every must be at least 1 and --val-from in [0, 1]")
         _choice("objective", self.objective, OBJECTIVES)
+        _choice("warm start", self.warm_start, WARM_STARTS)
+        if self.warm_start_epochs is not None and self.warm_start_epochs < 1:
+            raise KwsError("--warm-start-epochs must be at least 1")
         if isinstance(self.augment, dict):
             self.augment = from_dict(AugmentConfig, self.augment, "augment config")
         if isinstance(self.sequence, dict):

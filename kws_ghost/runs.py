@@ -25,6 +25,7 @@ from kws_ghost.fileio import atomic_open, owned_by, write_json, write_marker
 
 RUNS = Path("runs")
 RUN_MARKER = ".kws-ghost-run"  # a folder holding it was made by `kws-ghost train`
+CLIP_STAGE = "clip"  # a warm-started run's first stage, a run folder inside the run's
 
 
 def default_run_dir(model_config: ModelConfig) -> Path:
@@ -49,9 +50,11 @@ def point_latest(run_dir: Path) -> None:
     os.replace(tmp, latest)
 
 
-def check_new_run_dir(run_dir: Path) -> None:
-    """A new run goes into a fresh folder, or an empty one, never over another run or files."""
-    if (run_dir / "last.pt").exists():
+def check_new_run_dir(run_dir: Path, after_clip_stage: bool = False) -> None:
+    """A new run goes into a fresh folder, or an empty one, never over another run or files;
+    ``after_clip_stage``: the stream stage of a run whose clip stage holds RUN/clip."""
+    stage_started = (run_dir / CLIP_STAGE / "last.pt").exists() and not after_clip_stage
+    if (run_dir / "last.pt").exists() or stage_started:
         raise KwsError(
             f"{run_dir} already holds a run: add --resume to continue it, or choose another --out"
         )
@@ -87,12 +90,24 @@ def best_epoch(history: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
 
 class RunFolder:
     """One run's folder. ``path`` may change once, at ``reserve``, when a default name was
-    taken by a parallel run meanwhile."""
+    taken by a parallel run meanwhile. ``outer``: the run whose clip stage this folder holds
+    (``outer.path / CLIP_STAGE``); the outer folder is made first and is what ``runs/latest``
+    points at."""
 
-    def __init__(self, path: Path, default_name: bool, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        default_name: bool,
+        log: Callable[[str], None],
+        outer: Optional[RunFolder] = None,
+        after_clip_stage: bool = False,
+    ) -> None:
         self.path = path
         self.default_name = default_name  # a default name may be taken by a parallel run
         self.log = log
+        self.outer = outer
+        self.after_clip_stage = after_clip_stage  # the stream stage of a run: see check_new_run_dir
+        self.reserved = False
 
     @property
     def started(self) -> bool:
@@ -101,6 +116,11 @@ class RunFolder:
     def reserve(self) -> None:
         """Make the folder at the first checkpoint, checked again: another run may have taken a
         default name (it holds the time to the second) meanwhile; then take the next free one."""
+        if self.reserved:
+            return
+        if self.outer is not None:
+            self.outer.reserve()
+            self.path = self.outer.path / self.path.name
         run_dir, suffix = self.path, 1
         while True:
             try:
@@ -109,11 +129,12 @@ class RunFolder:
             except FileExistsError:
                 suffix += 1
                 run_dir = self.path.with_name(f"{self.path.name}-{suffix}")
-        check_new_run_dir(run_dir)
+        check_new_run_dir(run_dir, self.after_clip_stage)
         if run_dir != self.path:
             self.log(f"note: {self.path} was taken meanwhile; this run is {run_dir}")
             self.path = run_dir
         write_marker(run_dir, RUN_MARKER)
+        self.reserved = True
 
     def save(
         self,
@@ -150,7 +171,7 @@ class RunFolder:
             for line in history:
                 handle.write(json.dumps(line) + "\n")
         if first:
-            point_latest(self.path)
+            point_latest(self.outer.path if self.outer is not None else self.path)
 
 
 def load_resumable(
@@ -172,6 +193,8 @@ def load_resumable(
         raise KwsError(f"{last}: holds no training state to resume from")
     if "objective" not in stored:  # runs of earlier versions trained on clips
         stored = {**stored, "objective": "clip"}
+    if "warm_start" not in stored:  # ... and started from random weights
+        stored = {**stored, "warm_start": "none"}
     config = from_dict(TrainConfig, stored, f"{last}: train config")
     if data is not None:
         if Path(data).resolve() != Path(config.data).resolve():

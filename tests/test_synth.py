@@ -491,6 +491,7 @@ def test_other_words_are_the_unknown_material_by_default(tmp_path, espeak):
     trained = subprocess.run(
         [sys.executable, "-m", "kws_ghost", "train", "--data", str(out), "--epochs", "1"]
         + ["--hidden", "16", "--layers", "1", "--workers", "0", "--val-recording-minutes", "0.2"]
+        + ["--warm-start", "none"]
         + ["--out", str(tmp_path / "run"), "--json"],
         capture_output=True,
         text=True,

@@ -20,6 +20,8 @@ from kws_ghost.cli import main
 
 FAST = ["--hidden", "16", "--layers", "1", "--batch-size", "8", "--workers", "0", "--quiet"]
 FAST += ["--val-recording-minutes", "0.5"]
+FAST += ["--warm-start", "none"]  # one stage; the clip stage first has tests of its own
+TWO_STAGES = [*FAST[:-2], "--warm-start-epochs", "1"]  # the default: a clip stage, then stream
 
 
 def kws(*args, **kwargs):
@@ -158,6 +160,7 @@ def test_resume_continues_exactly(tiny_corpus, tmp_path, objective, ema):
             val_recording_minutes=0.5,
             val_from=0.0,  # epochs 2 and 4 validated: on both sides of the interruption
             ema_decay=ema,
+            warm_start="none",
         )
         pooling = "max" if objective == "stream" else "mean"
         model = ModelConfig(hidden=16, layers=1, pooling=pooling)
@@ -256,7 +259,7 @@ def test_two_process_gloo_training(tiny_corpus, tmp_path):
             "train",
             "--data",
             str(tiny_corpus),
-            *FAST,
+            *TWO_STAGES,
             "--epochs",
             "2",
             "--out",
@@ -274,9 +277,82 @@ def test_two_process_gloo_training(tiny_corpus, tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["world_size"] == 2
     assert [m["epoch"] for m in read_metrics(run_dir)] == [1, 2]  # rank 0 alone wrote
+    assert [m["epoch"] for m in read_metrics(run_dir / "clip")] == [1]  # both stages
+    assert json.loads((run_dir / "clip" / "config.json").read_text())["world_size"] == 2
     printed = [line for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(printed) == 1 and json.loads(printed[0])["epochs"] == 2
+    assert json.loads(printed[0])["init"] == str((run_dir / "clip" / "best.pt").resolve())
     load_checkpoint(run_dir / "best.pt").build_model()
+
+
+@pytest.mark.slow
+def test_the_default_run_trains_its_clip_stage_first(tiny_corpus, tmp_path):
+    """The default recipe: the clip objective in RUN/clip, then the stream objective in RUN from
+    that stage's best.pt; runs/latest names the run, not its stage."""
+    result = kws(
+        "train", "--data", tiny_corpus, *TWO_STAGES, "--epochs", "1", "--json", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    run_dir = (tmp_path / "runs" / "latest").resolve()
+    assert run_dir.parent == (tmp_path / "runs").resolve() and run_dir.name != "clip"
+    stage = run_dir / "clip"
+    clip_config = json.loads((stage / "config.json").read_text())
+    assert clip_config["train"]["objective"] == "clip" and clip_config["model"]["pooling"] == "mean"
+    assert [m["epoch"] for m in read_metrics(stage)] == [1]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["train"]["objective"] == "stream" and config["model"]["pooling"] == "max"
+    assert config["train"]["warm_start"] == "clip"
+    assert config["train"]["init"] == str(stage / "best.pt")
+    assert json.loads(result.stdout)["run_dir"] == str(Path("runs") / run_dir.name)
+    assert "stage 1 of 2" in result.stderr and "stage 2 of 2" in result.stderr
+    assert "--warm-start-epochs" not in result.stderr  # given, so no budget note names it
+    # the stream stage's file holds no clip-stage state: it resumes as a run of its own
+    assert "then" not in load_checkpoint(run_dir / "last.pt").extra["train_state"]
+    assert "then" in load_checkpoint(stage / "last.pt").extra["train_state"]
+
+
+@pytest.mark.slow
+def test_a_run_stopped_in_its_clip_stage_resumes_through_both(tiny_corpus, tmp_path, monkeypatch):
+    from kws_ghost import train as train_module
+    from kws_ghost.config import FrontendConfig, ModelConfig, TrainConfig
+    from kws_ghost.errors import KwsError
+
+    config = TrainConfig(
+        data=str(tiny_corpus),
+        epochs=2,
+        warm_start_epochs=2,
+        batch_size=8,
+        workers=0,
+        lr=3e-3,
+        val_recording_minutes=0.5,
+    )
+    model = ModelConfig(hidden=16, layers=1)
+    with pytest.raises(KwsError, match="begins with its clip stage"):
+        train_module.Trainer(config, model, FrontendConfig(), tmp_path / "bare", progress=False)
+    real_run = train_module.Trainer.run
+
+    def killed_in_the_clip_stage(self, stop_after=None):
+        if self.then is not None:  # the clip stage: as if killed after its first epoch
+            real_run(self, stop_after=1)
+            raise KeyboardInterrupt
+        return real_run(self, stop_after)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(train_module.Trainer, "run", killed_in_the_clip_stage)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train_run(config, model, FrontendConfig(), out, progress=False)
+    monkeypatch.undo()
+    assert (out / "clip" / "last.pt").exists() and not (out / "last.pt").exists()
+    again = kws("train", "--data", tiny_corpus, *FAST, "--out", out)
+    assert again.returncode == 1 and "--resume" in again.stderr.splitlines()[-1]
+    resumed = kws("train", "--resume", "--out", out, "--epochs", "3", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr and "stage 2 of 2" in resumed.stderr
+    assert [m["epoch"] for m in read_metrics(out / "clip")] == [1, 2]  # the clip stage's own 2
+    assert [m["epoch"] for m in read_metrics(out)] == [1, 2, 3]  # --epochs: the stream stage's
+    stream = json.loads((out / "config.json").read_text())["train"]
+    assert stream["lr"] == 3e-3 and stream["objective"] == "stream"
+    assert json.loads(resumed.stdout)["init"] == str((out / "clip" / "best.pt").resolve())
 
 
 @pytest.mark.slow
@@ -348,7 +424,12 @@ def test_a_full_disk_while_saving_keeps_the_checkpoints(tiny_corpus, tmp_path, m
 
     out = tmp_path / "run"
     config = TrainConfig(
-        data=str(tiny_corpus), epochs=3, batch_size=8, workers=0, val_recording_minutes=0.5
+        data=str(tiny_corpus),
+        epochs=3,
+        batch_size=8,
+        workers=0,
+        val_recording_minutes=0.5,
+        warm_start="none",
     )
     trainer = Trainer(
         config, ModelConfig(hidden=16, layers=1), FrontendConfig(), out, progress=False

@@ -60,10 +60,14 @@ def train(
 ) -> None:
     """Train GhostGRU (or a GRU/LSTM baseline) and write a run folder.
 
+    By default the clip objective trains first (into RUN/clip), then the streaming model
+    starts from its weights (--warm-start none: the stream alone).
+
     \b
     Examples:
       kws-ghost train --data data/speech_commands_v0.02
       kws-ghost train --data DIR --keywords marvin,sheila --model gru --hidden 96
+      kws-ghost train --data DIR --warm-start none   # the stream stage alone, 0.7x the time
       kws-ghost train --resume --out runs/20261128-101500-ghost-gru
       torchrun --nproc_per_node 2 -m kws_ghost train --data DIR
     """
@@ -71,7 +75,7 @@ def train(
     from kws_ghost.errors import KwsError
     from kws_ghost.progress import progress_enabled
     from kws_ghost.threads import configure_threads
-    from kws_ghost.train import Trainer
+    from kws_ghost.train import resume_run, train_run
 
     configure_threads(threads, "batch")
     progress = progress_enabled(False if quiet else None, as_json)
@@ -93,7 +97,7 @@ def train(
             for name in ("device", "workers")
             if options.get(f"TrainConfig__{name}") is not None
         }
-        trainer = Trainer.resume(
+        trainer = resume_run(
             Path(run_dir) if run_dir else Path("runs") / "latest",
             epochs=options.get("TrainConfig__epochs"),
             data=options.get("TrainConfig__data"),
@@ -126,14 +130,14 @@ def train(
                     "(--keywords or --task to choose others)",
                     err=True,
                 )
-        trainer = Trainer(
+        trainer = train_run(
             config,
             model,
             FrontendConfig(kind=feature_kind or "mfcc"),
             run_dir=Path(run_dir) if run_dir else None,
             progress=progress,
         )
-    history = trainer.run()
+    history = trainer.history
     if as_json and trainer.dist.is_main:
         from kws_ghost.cli import echo_json
         from kws_ghost.runs import best_epoch
@@ -144,6 +148,7 @@ def train(
                 "run_dir": str(trainer.run_dir),
                 "best_checkpoint": str(trainer.run_dir / "best.pt"),
                 "labels": trainer.labels,
+                "init": trainer.config.init or None,
                 "epochs": len(history),
                 "best_epoch": best.get("epoch"),
                 "best_val_accuracy": best.get("val_accuracy"),
