@@ -20,9 +20,9 @@ if [ ! -f "$OUT/corpus/.kws-ghost-synth" ]; then
 fi
 kws-ghost data-stats "$OUT/corpus" --keywords yes,no,up,down
 
-step "3. Train the default streaming GhostGRU (held-out synthetic speakers validate and test)" \
+step "3. Train the default streaming GhostGRU: clip weights first, then the stream (held-out synthetic speakers validate and test)" \
      "kws-ghost train --data $OUT/corpus --keywords yes,no,up,down --out $OUT/run"
-if [ -f "$OUT/run/last.pt" ]; then
+if [ -f "$OUT/run/last.pt" ] || [ -f "$OUT/run/clip/last.pt" ]; then
   kws-ghost train --resume --out "$OUT/run" --quiet  # a rerun finishes (or keeps) that run
 else
   kws-ghost train --data "$OUT/corpus" --keywords yes,no,up,down --out "$OUT/run" --quiet

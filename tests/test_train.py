@@ -203,9 +203,14 @@ def test_resume_refuses_flags_it_cannot_honour(tiny_corpus, tmp_path):
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1
     assert "--hidden" in refused.stderr and "--lr" in refused.stderr
     assert (out / "last.pt").read_bytes() == before
+    stored = torch.load(out / "last.pt", weights_only=True)  # as an earlier version wrote it:
+    del stored["train_config"]["warm_start"], stored["train_config"]["warm_start_epochs"]
+    torch.save(stored, out / "last.pt")
     more = kws("train", "--resume", "--out", out, "--epochs", "2", "--workers", "0", "--quiet")
     assert more.returncode == 0, more.stderr
     assert [m["epoch"] for m in read_metrics(out)] == [1, 2]
+    # ... its stream run started from random weights, and says so
+    assert load_checkpoint(out / "last.pt").extra["train_config"]["warm_start"] == "none"
 
 
 @pytest.mark.slow
