@@ -1,5 +1,5 @@
 #!/bin/sh
-# The demo: what a first-time user runs, end to end, offline, on a laptop CPU (about 20 minutes on 2 cores,
+# The demo: what a first-time user runs, end to end, offline, on a laptop CPU (about 13 minutes on 2 cores,
 # most of it training). Every step is a plain kws-ghost command with its defaults.
 set -eu
 OUT=${1:-demo}
