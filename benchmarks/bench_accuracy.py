@@ -32,6 +32,7 @@ from pathlib import Path
 from kws_ghost.config import ModelConfig
 from kws_ghost.fileio import write_json
 from kws_ghost.profile import same_params_width
+from kws_ghost.runs import CLIP_STAGE
 
 CLIP_RECIPE = ["--objective", "clip", "--pooling", "mean", "--batch-size", "32", "--epochs", "40"]
 
@@ -66,7 +67,7 @@ def train_and_eval(
     if train:
         # A run with a checkpoint (or its clip stage's) is resumed: an interrupted one continues,
         # a finished one returns.
-        if (out / "last.pt").exists() or (out / "clip" / "last.pt").exists():
+        if (out / "last.pt").exists() or (out / CLIP_STAGE / "last.pt").exists():
             command = [*base, "train", "--resume", "--out", str(out)]
         else:
             command = [*base, "train", "--data", str(data), *flags, "--seed", str(seed)]

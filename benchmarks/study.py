@@ -210,7 +210,9 @@ def run_one(plan: dict, config: str, seed: int, data: Path, runs: Path, results:
 def train_seconds(run: Path) -> float:
     """Training and validation time of a run, its clip stage's included, from its epochs'
     records (not its scoring)."""
-    files = [run / "metrics.jsonl", run / "clip" / "metrics.jsonl"]
+    from kws_ghost.runs import CLIP_STAGE
+
+    files = [run / "metrics.jsonl", run / CLIP_STAGE / "metrics.jsonl"]
     records = [
         json.loads(line)
         for path in files

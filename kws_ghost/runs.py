@@ -107,7 +107,6 @@ class RunFolder:
         self.log = log
         self.outer = outer
         self.after_clip_stage = after_clip_stage  # the stream stage of a run: see check_new_run_dir
-        self.reserved = False
 
     @property
     def started(self) -> bool:
@@ -116,9 +115,7 @@ class RunFolder:
     def reserve(self) -> None:
         """Make the folder at the first checkpoint, checked again: another run may have taken a
         default name (it holds the time to the second) meanwhile; then take the next free one."""
-        if self.reserved:
-            return
-        if self.outer is not None:
+        if self.outer is not None:  # made once, with its clip stage's first checkpoint
             self.outer.reserve()
             self.path = self.outer.path / self.path.name
         run_dir, suffix = self.path, 1
@@ -134,7 +131,6 @@ class RunFolder:
             self.log(f"note: {self.path} was taken meanwhile; this run is {run_dir}")
             self.path = run_dir
         write_marker(run_dir, RUN_MARKER)
-        self.reserved = True
 
     def save(
         self,
