@@ -6,8 +6,9 @@
             print(event.keyword, event.start, event.end, event.score)
 
 One object holds one stream: the model's state, the front-end's leftover samples and the event
-decoder, so chunks of any size give the events (and posteriors) of the whole audio at once, the
-same as ``kws-ghost detect``. An ``.onnx`` model runs without torch.
+decoder, so chunks of any size give the events and posteriors of the whole audio at once, the
+same as ``kws-ghost detect`` (posteriors to float rounding, about 1e-6: frames batched by another
+chunking round differently). An ``.onnx`` model runs without torch.
 """
 
 from __future__ import annotations

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import soundfile
 
-from kws_ghost.audio import audio_info, iter_audio_blocks, load_audio, write_wav
+from kws_ghost.audio import (
+    RESAMPLE_QUALITY,
+    audio_info,
+    iter_audio_blocks,
+    load_audio,
+    write_wav,
+)
 from kws_ghost.errors import KwsError
 from kws_ghost.pipe_audio import iter_pcm16
 
@@ -85,6 +91,13 @@ def test_blocks_concatenate_to_load_audio(tmp_path, rate, channels):
     assert max(len(b) for b in blocks) <= 2 * 0.1 * RATE  # bounded by the block size
     # Same reads, same channel mean, soxr's stream == its one-shot call: equal bit for bit.
     np.testing.assert_array_equal(np.concatenate(blocks), load_audio(path))
+    if rate != RATE:
+        import soxr
+
+        stored = soundfile.read(path, dtype="float32", always_2d=True)[0]
+        mono = stored.mean(axis=1, dtype=np.float32)
+        one_shot = soxr.resample(mono, rate, RATE, quality=RESAMPLE_QUALITY)
+        np.testing.assert_array_equal(np.concatenate(blocks), np.clip(one_shot, -1.0, 1.0))
 
 
 def test_audio_info(tmp_path):

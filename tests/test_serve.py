@@ -123,8 +123,9 @@ def test_clients_at_once_each_get_the_events_of_detect(server, exported, test_re
     whole, small_chunks, stereo_48k, silence = asyncio.run(together())
     assert whole == (expected, False)
     assert small_chunks == (expected, False)
-    # resampled as a stream rather than as a whole file, 48 kHz audio reaches the model a few
-    # ulps apart: the same events, a score may differ in its last rounded digit
+    # the resampled audio is the file's to the bit (test_audio), but it reaches the model in other
+    # chunks, whose frames batch and round differently (about 1e-6): the same events, a score may
+    # differ in its last rounded digit
     found, not_detected = stereo_48k
     assert not not_detected and len(expected_stereo) >= 5
     assert [without_score(e) for e in found] == [without_score(e) for e in expected_stereo]
