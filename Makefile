@@ -18,8 +18,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[all,dev]'
 	touch $(STAMP)
 
+# --durations: the slowest tests in every log, so the suite's 15-minute budget is easy to keep
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # the fast tier: no trained model, few subprocesses (under 90 s here); `make test` is everything
 test-fast: install
