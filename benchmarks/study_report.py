@@ -1,7 +1,7 @@
 """Tables and the accuracy-compute front from ``benchmarks/results/study.jsonl``.
 
     python benchmarks/study_report.py [--plan front-2] [--png benchmarks/results/pareto.png]
-                                      [--readme README.md]
+                                      [--front "plan: config" ...] [--readme README.md]
 
 Every figure is a mean over a config's runs (seeds, or speaker folds) with two standard errors of
 that mean: 2 * sample standard deviation / sqrt(runs). A difference between two configs is
@@ -143,23 +143,36 @@ def markdown(groups: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def model_of(record: dict) -> tuple[str, str]:
+    """(arch, "arch H s") of a run, from its flags and the defaults it ran with."""
+    flags = record.get("flags", [])
+    value = dict(zip(flags, flags[1:]))
+    arch, hidden = value.get("--model", "ghost-gru"), value.get("--hidden", "128")
+    if not arch.startswith("ghost"):
+        return arch, f"{arch} H{hidden}"
+    return arch, f"{arch} H{hidden} s{float(value.get('--ratio', '2')):g}"
+
+
 def pareto(groups: dict[str, list[dict]], png: Path) -> None:
-    """Test accuracy and hit rate against MACs per frame, GRU and GhostGRU apart."""
+    """Test accuracy and hit rate against MACs per frame, GRU and GhostGRU apart. The hit rate
+    is the test speakers' where every point has it, else the validation speakers'."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    on_test = all(r.get("test_hit_rate") is not None for rs in groups.values() for r in rs)
+    hit_key, hit_label = ("test_hit_rate", "test") if on_test else ("hit_rate", "validation")
     for family, marker in (("gru", "o"), ("ghost", "s")):
         points = []
-        for name, records in groups.items():
-            arch = "ghost" if "ghost" in name.split(": ", 1)[1] else "gru"
-            if arch == family and records[0].get("macs_per_frame"):
-                points.append((summarise(records), name.split(": ", 1)[1]))
+        for records in groups.values():
+            arch, label = model_of(records[0])
+            if arch.startswith(family) and records[0].get("macs_per_frame"):
+                points.append((summarise(records), label))
         points.sort(key=lambda p: p[0]["macs"])
         panels = ((axes[0], "test", "test clip accuracy"),
-                  (axes[1], "hit_rate", "validation hit rate @ 10 FA/h"))  # fmt: skip
+                  (axes[1], hit_key, f"{hit_label} hit rate @ 10 FA/h"))  # fmt: skip
         for axis, key, label in panels:
             x = [p[0]["macs"] / 1000 for p in points]
             y = [p[0][key][0] for p in points]
@@ -194,6 +207,13 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/study.jsonl"))
     parser.add_argument("--plan", action="append", help="Only these plans (repeatable).")
     parser.add_argument("--png", type=Path, help="Write the front of these plans as a PNG.")
+    parser.add_argument(
+        "--front",
+        action="append",
+        metavar="ROW",
+        help='Plot these "plan: config" rows in --png (repeatable; a row may join rows with " + ", '
+        "as --compare) instead of the plans' rows.",
+    )
     parser.add_argument("--readme", type=Path, help="Fill the README's study section.")
     parser.add_argument(
         "--compare",
@@ -207,10 +227,12 @@ def main() -> None:
     groups = load(args.results, args.plan)
     table = markdown(groups)
     every = load(args.results, None)  # a comparison may name rows of any plan
-    for a, b in args.compare or []:
-        unknown = [row for side in (a, b) for row in side.split(" + ") if row not in every]
+    for option, sides in (("--compare", args.compare or []), ("--front", [args.front or []])):
+        unknown = [row for pair in sides for side in pair for row in side.split(" + ")]
+        unknown = [row for row in unknown if row not in every]
         if unknown:
-            parser.error(f"--compare: no runs of {', '.join(unknown)} in {args.results}")
+            parser.error(f"{option}: no runs of {', '.join(unknown)} in {args.results}")
+    for a, b in args.compare or []:
         runs_a, runs_b = (joined(every, side) for side in (a, b))
         lines = []
         for key, what in (
@@ -230,7 +252,8 @@ def main() -> None:
         table += f"\n\n{a} minus {b}: " + "; ".join(lines) + "."
     print(table)
     if args.png:
-        pareto(groups, args.png)
+        front = {side.split(" + ")[0]: joined(every, side) for side in args.front or []}
+        pareto(front or groups, args.png)
     if args.readme:
         update_readme(args.readme, table)
 
