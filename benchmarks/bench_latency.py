@@ -7,8 +7,8 @@ For each model: recordings of the test speakers of ``--data`` built as the study
 words and noise, from ``--seed``), the threshold of 10 false alarms per hour on them, then the
 keyword recording replayed through the event decoder 100 ms at a time, as ``detect`` hears a
 stream. For every hit: the time its event came out minus the end of the word's speech. Figures go
-to stdout and ``benchmarks/results/latency.json``. Run it alone: it times nothing, but scoring
-the recordings takes a core for a minute.
+to stdout and ``benchmarks/results/latency.json``. It times nothing (latency here is audio time,
+not compute): building and scoring the recordings takes a core for about a minute per model.
 """
 
 from __future__ import annotations
