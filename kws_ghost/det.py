@@ -3,7 +3,7 @@
 ``evaluate_recording`` runs the detector over a recording (``kws_ghost.recordings``) once, then
 replays its posteriors through the event decoder at many thresholds: the DET curve. The hit rate
 comes from the keyword recording, the false-alarm rate from the negatives-only one where given
-(else from the keyword recording itself). ``match_events`` says which events hit which words;
+(else from the keyword recording itself). ``pair_events`` says which events hit which words;
 ``summarize`` is what a checkpoint carries; ``plot_det`` draws the curve.
 """
 
@@ -35,13 +35,12 @@ DECODER_SETTINGS = ("smoothing", "patience", "refractory")
 BLOCK_FRAMES = 12000  # frames scored per call when replaying stored features (2 minutes)
 
 
-def match_events(
+def pair_events(
     events: Sequence[Any], truth: Sequence[dict[str, Any]], tolerance: float = 0.5
-) -> tuple[int, int, list[float]]:
-    """(hits, false alarms, centre offsets of hits). An event hits a true word of the same
-    keyword when their spans overlap or their centres are within ``tolerance`` seconds (the
-    nearest unused such word); each word is hit at most once, every other event is a false
-    alarm."""
+) -> list[tuple[Any, Optional[dict[str, Any]], float]]:
+    """(event, the true word it hits or None, centre distance) for each event, in order. An event
+    hits a true word of the same keyword when their spans overlap or their centres are within
+    ``tolerance`` seconds (the nearest unused such word); each word is hit at most once."""
     by_keyword: dict[str, tuple[np.ndarray, list[dict[str, Any]]]] = {}
     for word in sorted(truth, key=lambda w: w["start"] + w["end"]):
         by_keyword.setdefault(word["keyword"], (np.zeros(0), []))[1].append(word)
@@ -49,7 +48,7 @@ def match_events(
         by_keyword[keyword] = (np.array([(w["start"] + w["end"]) / 2 for w in words]), words)
     reach = tolerance + max((w["end"] - w["start"] for w in truth), default=0.0)
     used: set[int] = set()
-    hits, false_alarms, offsets = 0, 0, []
+    pairs: list[tuple[Any, Optional[dict[str, Any]], float]] = []
     for event in events:
         centres, words = by_keyword.get(event.keyword, (np.zeros(0), []))
         centre = (event.start + event.end) / 2
@@ -66,13 +65,19 @@ def match_events(
                 best_distance is None or distance < best_distance
             ):
                 best, best_distance = word, distance
-        if best is None:
-            false_alarms += 1
-        else:
+        if best is not None:
             used.add(id(best))
-            hits += 1
-            offsets.append(float(best_distance))
-    return hits, false_alarms, offsets
+        pairs.append((event, best, float(best_distance) if best is not None else 0.0))
+    return pairs
+
+
+def match_events(
+    events: Sequence[Any], truth: Sequence[dict[str, Any]], tolerance: float = 0.5
+) -> tuple[int, int, list[float]]:
+    """(hits, false alarms, centre offsets of hits), as ``pair_events`` pairs them: every event
+    that hits no word is a false alarm."""
+    offsets = [distance for _, word, distance in pair_events(events, truth, tolerance) if word]
+    return len(offsets), len(events) - len(offsets), offsets
 
 
 @dataclasses.dataclass

@@ -167,6 +167,29 @@ def test_decoder_patience_threshold_refractory_filters_and_background():
         EventDecoder(LABELS, DetectorConfig(threshold=0.5, keywords=["maybe"]), FE)
 
 
+def test_events_pair_with_the_nearest_unused_word_of_their_keyword():
+    from kws_ghost.det import match_events, pair_events
+    from kws_ghost.stream import Event
+
+    words = [
+        {"keyword": "yes", "start": 1.0, "end": 1.4},
+        {"keyword": "yes", "start": 3.0, "end": 3.4},
+        {"keyword": "no", "start": 5.0, "end": 5.3},
+    ]
+    events = [
+        Event("yes", 3.1, 3.5, 0.9),  # overlaps the second yes
+        Event("yes", 3.0, 3.3, 0.9),  # the second yes again: taken, the first is 2 s away
+        Event("no", 1.0, 1.4, 0.9),  # over a yes: another keyword's word is no hit
+        Event("yes", 1.5, 1.7, 0.9),  # centre 0.4 s from the first yes's: within 0.5 s
+    ]
+    pairs = pair_events(events, words)
+    assert [word for _, word, _ in pairs] == [words[1], None, None, words[0]]
+    assert [event for event, _, _ in pairs] == events
+    assert pairs[3][2] == pytest.approx(0.4)
+    assert match_events(events, words) == (2, 2, [pytest.approx(0.1), pytest.approx(0.4)])
+    assert pair_events(events[3:], words, tolerance=0.3)[0][1] is None
+
+
 def test_decoder_smooths_and_gives_the_same_events_in_any_pieces():
     spike = [LOW] * 20 + [YES] * 2 + [LOW] * 20
     assert len(run_decoder(spike, threshold=0.5)) == 1
