@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,9 @@ TARGET_FA_PER_HOUR = 10.0
 PUSH_SECONDS = 0.1  # detect's hop: a stream arrives 100 ms at a time
 
 
-def emission_times(runtime, features: np.ndarray, threshold: float) -> list[tuple[object, float]]:
+def emission_times(
+    runtime: Any, features: np.ndarray, threshold: float
+) -> list[tuple[object, float]]:
     """(event, when it came out) for the events of stored features at ``threshold``."""
     from kws_ghost.config import DetectorConfig
     from kws_ghost.det import score_features
