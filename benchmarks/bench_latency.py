@@ -14,12 +14,13 @@ not compute): building and scoring the recordings takes a core for about a minut
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from kws_ghost.fileio import write_json
 
 RESULTS = Path(__file__).parent / "results" / "latency.json"
 TARGET_FA_PER_HOUR = 10.0
@@ -27,14 +28,12 @@ PUSH_SECONDS = 0.1  # detect's hop: a stream arrives 100 ms at a time
 
 
 def emission_times(
-    runtime: Any, features: np.ndarray, threshold: float
+    runtime: Any, posteriors: np.ndarray, levels: np.ndarray, threshold: float
 ) -> list[tuple[object, float]]:
-    """(event, when it came out) for the events of stored features at ``threshold``."""
+    """(event, when it came out) for the events of stored posteriors at ``threshold``."""
     from kws_ghost.config import DetectorConfig
-    from kws_ghost.det import score_features
     from kws_ghost.stream import EventDecoder
 
-    posteriors, levels = score_features(runtime, features)
     decoder = EventDecoder(runtime.labels, DetectorConfig().at(threshold), runtime.frontend_config)
     step = max(1, int(round(PUSH_SECONDS / decoder.frame_seconds)))
     out = []
@@ -60,24 +59,24 @@ def measure(model: Path, data: Path, seed: int) -> dict:
     recordings = ValidationRecordings(
         scan_corpus(data), runtime.labels, runtime.frontend_config, seed=seed, split="testing"
     )
-    summary = recordings.evaluate(runtime, TARGET_FA_PER_HOUR)
-    emitted = emission_times(runtime, recordings.keywords["features"], summary["threshold"])
+    scored = recordings.score(runtime)  # once: for the threshold and for the replay
+    summary = recordings.evaluate(runtime, TARGET_FA_PER_HOUR, scored)
+    keywords = scored[0]
+    emitted = emission_times(runtime, keywords.posteriors, keywords.levels, summary["threshold"])
     when = {id(event): time for event, time in emitted}
-    truth = recordings.keywords["truth"]["events"]
     latencies = [
         when[id(event)] - word["end"]
-        for event, word, _ in pair_events([event for event, _ in emitted], truth)
+        for event, word, _ in pair_events([event for event, _ in emitted], keywords.truth["events"])
         if word is not None
     ]
+    names = ("latency_p10", "latency_median", "latency_p90")
     quantiles = np.percentile(latencies, [10, 50, 90]) if latencies else [None] * 3
     return {
         "model": str(model),
         "threshold": summary["threshold"],
         "hit_rate": summary["hit_rate"],
         "hits": len(latencies),
-        "latency_p10": None if quantiles[0] is None else round(float(quantiles[0]), 3),
-        "latency_median": None if quantiles[1] is None else round(float(quantiles[1]), 3),
-        "latency_p90": None if quantiles[2] is None else round(float(quantiles[2]), 3),
+        **{name: None if q is None else round(float(q), 3) for name, q in zip(names, quantiles)},
     }
 
 
@@ -98,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(10-90%: {row['latency_p10']}-{row['latency_p90']} s, {row['hits']} hits)"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"seed": args.seed, "data": str(args.data), "runs": rows}, indent=2))
-    tmp.replace(args.out)
+    write_json(args.out, {"seed": args.seed, "data": str(args.data), "runs": rows})
     return 0
 
 

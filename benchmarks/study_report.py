@@ -227,9 +227,10 @@ def main() -> None:
     groups = load(args.results, args.plan)
     table = markdown(groups)
     every = load(args.results, None)  # a comparison may name rows of any plan
-    for option, sides in (("--compare", args.compare or []), ("--front", [args.front or []])):
-        unknown = [row for pair in sides for side in pair for row in side.split(" + ")]
-        unknown = [row for row in unknown if row not in every]
+    named = {"--compare": [side for pair in args.compare or [] for side in pair]}
+    named["--front"] = args.front or []
+    for option, sides in named.items():
+        unknown = [row for side in sides for row in side.split(" + ") if row not in every]
         if unknown:
             parser.error(f"{option}: no runs of {', '.join(unknown)} in {args.results}")
     for a, b in args.compare or []:

@@ -75,13 +75,20 @@ class ValidationRecordings:
         source = self.negatives or self.keywords
         return source["truth"]["duration"] / 3600
 
-    def evaluate(self, runtime: Any, target: float) -> dict[str, Any]:
-        """``summarize`` of the DET of ``runtime`` on these recordings."""
-        scored = [
+    def score(self, runtime: Any) -> list[Scored]:
+        """The posteriors of ``runtime`` on the keyword recording (and the negatives one)."""
+        return [
             Scored(*score_features(runtime, part["features"]), part["truth"])
             for part in (self.keywords, self.negatives)
             if part is not None
         ]
+
+    def evaluate(
+        self, runtime: Any, target: float, scored: Optional[list[Scored]] = None
+    ) -> dict[str, Any]:
+        """``summarize`` of the DET of ``runtime`` on these recordings (``scored``: its
+        posteriors from ``score``, when the caller has them already)."""
+        scored = scored or self.score(runtime)
         det = det_curve(
             scored[0], scored[1] if len(scored) > 1 else None, self.labels, self.frontend
         )
