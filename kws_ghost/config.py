@@ -12,6 +12,7 @@ from kws_ghost.errors import KwsError
 ARCHITECTURES = ("ghost-gru", "gru", "ghost-lstm", "lstm")
 CHEAP_OPERATIONS = ("linear", "elementwise")
 ACTIVATIONS = ("none", "tanh", "relu", "sigmoid")
+CHEAP_INITS = ("uniform", "orthogonal")
 POOLINGS = ("mean", "last", "max")
 OBJECTIVES = ("stream", "clip")
 WARM_STARTS = ("clip", "none")
@@ -141,6 +142,12 @@ class ModelConfig:
     cheap_activation: str = setting(
         "tanh", "Activation after the cheap operation ('none' allows folding).", ACTIVATIONS
     )
+    cheap_init: str = setting(
+        "uniform",
+        "Initial cheap operation: uniform (+-1/sqrt(m), as torch.nn.Linear) or orthogonal (the "
+        "ghost states start as a norm-keeping map of the intrinsic ones; elementwise: +-1 copies).",
+        CHEAP_INITS,
+    )
     dropout: float = setting(0.2, "Dropout between layers and before the head.")
     pooling: str = setting(
         "max",
@@ -160,6 +167,7 @@ class ModelConfig:
             _choice("objective", self.objective, OBJECTIVES)
         _choice("cheap operation", self.cheap_op, CHEAP_OPERATIONS)
         _choice("cheap-operation activation", self.cheap_activation, ACTIVATIONS)
+        _choice("cheap-operation initialisation", self.cheap_init, CHEAP_INITS)
         _choice("pooling", self.pooling, POOLINGS)
         if self.hidden < 1 or self.layers < 1 or self.input_dim < 1 or self.num_classes < 1:
             raise KwsError("hidden, layers, input_dim and num_classes must be positive")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kws_ghost.cell import Ghost, activate, cat, cell_step, ghost_parts, linear, split_projection
-from kws_ghost.config import ACTIVATIONS
+from kws_ghost.config import ACTIVATIONS, CHEAP_INITS
 from kws_ghost.kernels import GhostGRUScan, GhostLSTMScan, choose_kernel, fused_rnn, scan_recurrence
 
 GATES = {"gru": 3, "lstm": 4}
@@ -57,12 +57,18 @@ class CheapOperation(nn.Module):
     """phi: intrinsic state h (m) -> ghost state g (H - m), g = act(A h + c).
 
     ``affine()`` returns the dense (A, c) it applies: every path (step, scan, fold, export) uses it.
+    ``init``: ``uniform`` (+-1/sqrt(m), torch.nn.Linear's bound) or ``orthogonal`` (A starts
+    norm-keeping, so the ghost states start as large as the intrinsic ones).
     """
 
-    def __init__(self, intrinsic: int, ghost: int, activation: str = "none") -> None:
+    def __init__(
+        self, intrinsic: int, ghost: int, activation: str = "none", init: str = "uniform"
+    ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}")
+        if init not in CHEAP_INITS:
+            raise ValueError(f"unknown cheap-operation initialisation {init!r}")
         self.intrinsic = intrinsic
         self.ghost = ghost
         self.activation = activation
@@ -89,10 +95,14 @@ class CheapOperation(nn.Module):
 class LinearCheapOperation(CheapOperation):
     """g = act(A h + c) with a dense A: the paper's cheap operation."""
 
-    def __init__(self, intrinsic: int, ghost: int, activation: str = "none") -> None:
-        super().__init__(intrinsic, ghost, activation)
+    def __init__(
+        self, intrinsic: int, ghost: int, activation: str = "none", init: str = "uniform"
+    ) -> None:
+        super().__init__(intrinsic, ghost, activation, init)
         bound = 1 / math.sqrt(intrinsic)
         self.weight = nn.Parameter(torch.empty(ghost, intrinsic).uniform_(-bound, bound))
+        if init == "orthogonal":
+            nn.init.orthogonal_(self.weight)
         self.bias = nn.Parameter(torch.zeros(ghost))
 
     def affine(self) -> tuple[Tensor, Tensor]:
@@ -106,10 +116,14 @@ class ElementwiseCheapOperation(CheapOperation):
     """g_j = act(a_j * h_(j mod m) + c_j): a per-dimension scale and shift of repeated intrinsic
     dimensions, the analogue of GhostNet's depthwise cheap operation. H - m MACs per frame."""
 
-    def __init__(self, intrinsic: int, ghost: int, activation: str = "none") -> None:
-        super().__init__(intrinsic, ghost, activation)
+    def __init__(
+        self, intrinsic: int, ghost: int, activation: str = "none", init: str = "uniform"
+    ) -> None:
+        super().__init__(intrinsic, ghost, activation, init)
         self.register_buffer("source", torch.arange(ghost) % intrinsic, persistent=False)
         self.scale = nn.Parameter(torch.empty(ghost).uniform_(-1.0, 1.0))
+        if init == "orthogonal":  # copies of +-1: each ghost dimension keeps its source's norm
+            self.scale.data = torch.where(self.scale.data < 0, -1.0, 1.0)
         self.bias = nn.Parameter(torch.zeros(ghost))
 
     def affine(self) -> tuple[Tensor, Tensor]:
@@ -140,6 +154,7 @@ class GhostRNNLayer(nn.Module):
         ratio: float = 2.0,
         cheap_op: str = "linear",
         activation: str = "none",
+        cheap_init: str = "uniform",
     ) -> None:
         super().__init__()
         if cell not in GATES:
@@ -156,7 +171,9 @@ class GhostRNNLayer(nn.Module):
         self.bias_hh = nn.Parameter(torch.empty(gates).uniform_(-bound, bound))
         ghost = hidden_size - self.intrinsic_size
         self.ghost: Optional[CheapOperation] = (
-            CHEAP_OPERATIONS[cheap_op](self.intrinsic_size, ghost, activation) if ghost else None
+            CHEAP_OPERATIONS[cheap_op](self.intrinsic_size, ghost, activation, cheap_init)
+            if ghost
+            else None
         )
         # The kernel, as its caller chose it (GhostRNN.set_kernel); "auto": the rule of
         # kws_ghost.kernels.choose_kernel (fused where exact, else by train or eval mode).
@@ -343,6 +360,7 @@ class GhostRNN(nn.Module):
         cheap_op: str = "linear",
         activation: str = "none",
         dropout: float = 0.0,
+        cheap_init: str = "uniform",
     ) -> None:
         super().__init__()
         self.cell = cell
@@ -356,6 +374,7 @@ class GhostRNN(nn.Module):
                 ratio,
                 cheap_op,
                 activation,
+                cheap_init,
             )
             for i in range(num_layers)
         )

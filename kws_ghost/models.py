@@ -37,6 +37,7 @@ class KeywordModel(nn.Module):
             cheap_op=config.cheap_op,
             activation=config.cheap_activation,
             dropout=config.dropout,
+            cheap_init=config.cheap_init,
         )
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden, config.num_classes)

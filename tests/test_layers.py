@@ -246,6 +246,35 @@ def test_elementwise_cheap_operation_is_its_dense_affine():
     assert torch.allclose(op(h), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("intrinsic, ghost", [(64, 64), (75, 37), (4, 7)])
+def test_orthogonal_cheap_init_keeps_the_intrinsic_norm(intrinsic, ghost):
+    """Orthogonal: the ghost states start as large as the intrinsic ones (A's rows, or columns
+    where there are more ghost than intrinsic dimensions, orthonormal; elementwise +-1 copies);
+    uniform, the default, starts them at about 1/sqrt(3) of it."""
+    torch.manual_seed(3)
+    weight = layers.LinearCheapOperation(intrinsic, ghost, init="orthogonal").weight.detach()
+    gram = weight @ weight.T if ghost <= intrinsic else weight.T @ weight
+    assert torch.allclose(gram, torch.eye(min(intrinsic, ghost)), atol=1e-5)
+    scale = layers.ElementwiseCheapOperation(intrinsic, ghost, init="orthogonal").scale
+    assert torch.equal(scale.abs(), torch.ones(ghost))
+    uniform = layers.LinearCheapOperation(intrinsic, ghost).weight.detach()
+    assert uniform.abs().max() <= 1 / math.sqrt(intrinsic)
+    assert not torch.allclose(uniform @ uniform.T, torch.eye(ghost), atol=0.1)
+
+
+def test_cheap_init_reaches_every_layer_from_the_model_config():
+    from kws_ghost.config import ModelConfig
+    from kws_ghost.errors import KwsError
+    from kws_ghost.models import KeywordModel
+
+    model = KeywordModel(ModelConfig(hidden=16, cheap_init="orthogonal"))
+    for layer in model.rnn.layers:
+        weight = layer.ghost.weight.detach()
+        assert torch.allclose(weight @ weight.T, torch.eye(8), atol=1e-5)
+    with pytest.raises(KwsError, match="cheap-operation initialisation"):
+        ModelConfig(cheap_init="zeros").validate()
+
+
 # ------------------------------------------------------------------------ counts and state
 
 
