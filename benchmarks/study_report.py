@@ -78,10 +78,13 @@ def summarise(records: list[dict]) -> dict:
 
 
 def measured(record: dict, key: str) -> float:
-    """A run's figure by name: ``pooled`` (validation plus test), ``test_hit_rate`` or a key of
-    its test scores."""
+    """A run's figure by name: ``pooled`` (validation plus test), ``validation`` (the validation
+    clips' accuracy: what a default may be tuned on), ``test_hit_rate`` or a key of its test
+    scores."""
     if key == "pooled":
         return pooled_accuracy(record)
+    if key == "validation":
+        return record.get("validation", {}).get("accuracy", math.nan)
     if key == "test_hit_rate":
         value = record.get(key)
         return math.nan if value is None else value
@@ -238,6 +241,7 @@ def main() -> None:
         lines = []
         for key, what in (
             ("accuracy", "test accuracy"),
+            ("validation", "validation accuracy"),
             ("pooled", "val+test accuracy"),
             ("keyword_accuracy", "keyword accuracy"),
             ("test_hit_rate", "test hit rate"),
