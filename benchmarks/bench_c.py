@@ -37,7 +37,7 @@ from kws_ghost.fileio import write_json
 LABELS = ["_silence_", "_unknown_", "yes", "no", "up", "down", "left", "right", "on", "off"]
 LABELS += ["stop", "go"]
 MODELS = {
-    "ghost-gru H128 s2": {"arch": "ghost-gru", "hidden": 128},
+    "ghost-gru H128 s2": {"arch": "ghost-gru", "hidden": 128, "ratio": 2.0},
     "gru H128 (same width)": {"arch": "gru", "hidden": 128},
     "gru H93 (same params)": {"arch": "gru", "hidden": 93},
 }

@@ -46,11 +46,12 @@ from kws_ghost.runtime import OnnxRuntime, open_session  # noqa: E402
 
 LABELS = [f"class{i}" for i in range(12)]
 CONFIGS = {
-    # name: (config, fold). The training default: tanh after the cheap operation, not foldable.
-    "ghost-gru default": (ModelConfig(), None),
+    # name: (config, fold). The earlier default (H128 s2): tanh after the cheap operation, not
+    # foldable. The results file holds these names.
+    "ghost-gru default": (ModelConfig(hidden=128, ratio=2), None),
     # Linear cheap operation without activation: exported folded (a GRU of width m).
-    "ghost-gru linear folded": (ModelConfig(cheap_activation="none"), True),
-    "gru H128": (ModelConfig(arch="gru"), None),
+    "ghost-gru linear folded": (ModelConfig(hidden=128, ratio=2, cheap_activation="none"), True),
+    "gru H128": (ModelConfig(arch="gru", hidden=128), None),
 }
 CLIP_MODEL = "ghost-gru default"
 

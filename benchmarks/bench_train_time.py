@@ -55,7 +55,7 @@ def main() -> None:
         features_ms = best_of(lambda: frontend(audio)) / count * 1000
         features = frontend(audio)
 
-    model = build_network(ModelConfig(), frontend_config, data, config)
+    model = build_network(ModelConfig(hidden=128, ratio=2), frontend_config, data, config)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
 

@@ -147,7 +147,8 @@ def markdown(groups: dict[str, list[dict]]) -> str:
 
 
 def model_of(record: dict) -> tuple[str, str]:
-    """(arch, "arch H s") of a run, from its flags and the defaults it ran with."""
+    """(arch, "arch H s") of a run, from its flags and the defaults it ran with: H128 s2 until
+    front-12 (the default is H112 s1.5 since; plans from front-12 on name their width)."""
     flags = record.get("flags", [])
     value = dict(zip(flags, flags[1:]))
     arch, hidden = value.get("--model", "ghost-gru"), value.get("--hidden", "128")

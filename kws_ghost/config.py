@@ -133,9 +133,9 @@ class ModelConfig:
 
     arch: str = setting("ghost-gru", "Recurrent architecture.", ARCHITECTURES, "--model")
     input_dim: int = 40  # set from the front-end
-    hidden: int = setting(128, "Width H of each recurrent layer.")
+    hidden: int = setting(112, "Width H of each recurrent layer.")
     layers: int = setting(2, "Recurrent layers.")
-    ratio: float = setting(2.0, "Ghost ratio s: intrinsic size m = ceil(H / s) (gru and lstm: 1).")
+    ratio: float = setting(1.5, "Ghost ratio s: intrinsic size m = ceil(H / s) (gru and lstm: 1).")
     cheap_op: str = setting(
         "linear", "Cheap operation that makes the ghost states.", CHEAP_OPERATIONS
     )

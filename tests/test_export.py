@@ -463,7 +463,9 @@ def test_export_cli_has_no_clip_model_options(tmp_path):
 
 def test_profile_fold_reports_savings():
     result = CliRunner().invoke(
-        main, ["profile", "--model", "ghost-gru", "--cheap-activation", "none", "--fold", "--json"]
+        main,
+        ["profile", "--hidden", "128", "--ratio", "2", "--cheap-activation", "none", "--fold"]
+        + ["--json"],
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
@@ -474,7 +476,7 @@ def test_profile_fold_reports_savings():
     assert data["state_bytes"] == data["unfolded"]["state_bytes"]
 
     text = CliRunner().invoke(main, ["profile", "--cheap-activation", "none", "--fold"])
-    assert text.exit_code == 0 and "folded ghost-gru H128 s2 x2" in text.output
+    assert text.exit_code == 0 and "gru H75 x2 (folded ghost-gru H112 s1.5 x2)" in text.output
     assert "cannot fold" in run_cli(["profile", "--fold"])  # default activation: tanh
 
 

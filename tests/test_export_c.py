@@ -100,17 +100,21 @@ def speechless(seconds, seed=0):
 
 
 def cases():
+    """At the default ratio (1.5: fewer ghost than intrinsic dimensions), and at 2 and 3 (as
+    many, and more: elementwise sources wrap around)."""
     for arch in ("ghost-gru", "ghost-lstm"):
         for cheap_op in ("linear", "elementwise"):
             for activation in ("none", "tanh", "relu", "sigmoid"):
-                yield arch, cheap_op, activation, 2
+                yield arch, cheap_op, activation, 2, 1.5
     for arch in ("gru", "lstm", "ghost-gru"):
-        yield arch, "linear", "tanh", 1
+        yield arch, "linear", "tanh", 1, 1.5
+    yield "ghost-gru", "linear", "tanh", 2, 2.0
+    yield "ghost-lstm", "elementwise", "relu", 2, 3.0
 
 
-@pytest.mark.parametrize("arch,cheap_op,activation,layers", list(cases()))
-def test_the_c_step_gives_onnxruntimes_logits(tmp_path, arch, cheap_op, activation, layers):
-    model = checkpoint(tmp_path, arch, cheap_op, activation, layers)
+@pytest.mark.parametrize("arch,cheap_op,activation,layers,ratio", list(cases()))
+def test_the_c_step_gives_onnxruntimes_logits(tmp_path, arch, cheap_op, activation, layers, ratio):
+    model = checkpoint(tmp_path, arch, cheap_op, activation, layers, ratio=ratio)
     result = export_c(model, tmp_path / "c")
     assert result["folded"] == (arch.startswith("ghost-") and activation == "none")
     lib = shared_library(tmp_path / "c")

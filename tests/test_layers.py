@@ -267,7 +267,7 @@ def test_cheap_init_reaches_every_layer_from_the_model_config():
     from kws_ghost.errors import KwsError
     from kws_ghost.models import KeywordModel
 
-    model = KeywordModel(ModelConfig(hidden=16, cheap_init="orthogonal"))
+    model = KeywordModel(ModelConfig(hidden=16, ratio=2, cheap_init="orthogonal"))
     for layer in model.rnn.layers:
         weight = layer.ghost.weight.detach()
         assert torch.allclose(weight @ weight.T, torch.eye(8), atol=1e-5)

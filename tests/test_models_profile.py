@@ -86,6 +86,6 @@ def test_profile_cli_json_compare():
 def test_profile_cli_text_and_bad_option():
     runner = CliRunner()
     ok = runner.invoke(main, ["profile", "--model", "ghost-lstm", "--compare"])
-    assert ok.exit_code == 0 and "lstm H128 x2 (same width)" in ok.output
+    assert ok.exit_code == 0 and "lstm H112 x2 (same width)" in ok.output
     bad = runner.invoke(main, ["profile", "--model", "transformer"])
     assert bad.exit_code == 2 and "transformer" in bad.output
