@@ -123,7 +123,8 @@ class ElementwiseCheapOperation(CheapOperation):
         self.register_buffer("source", torch.arange(ghost) % intrinsic, persistent=False)
         self.scale = nn.Parameter(torch.empty(ghost).uniform_(-1.0, 1.0))
         if init == "orthogonal":  # copies of +-1: each ghost dimension keeps its source's norm
-            self.scale.data = torch.where(self.scale.data < 0, -1.0, 1.0)
+            with torch.no_grad():
+                self.scale.copy_(torch.where(self.scale < 0, -1.0, 1.0))
         self.bias = nn.Parameter(torch.zeros(ghost))
 
     def affine(self) -> tuple[Tensor, Tensor]:

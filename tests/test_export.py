@@ -462,11 +462,8 @@ def test_export_cli_has_no_clip_model_options(tmp_path):
 
 
 def test_profile_fold_reports_savings():
-    result = CliRunner().invoke(
-        main,
-        ["profile", "--hidden", "128", "--ratio", "2", "--cheap-activation", "none", "--fold"]
-        + ["--json"],
-    )
+    options = "--hidden 128 --ratio 2 --cheap-activation none --fold --json".split()
+    result = CliRunner().invoke(main, ["profile", *options])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["arch"] == "gru" and data["hidden"] == 64

@@ -38,9 +38,9 @@ def random_model(arch="ghost-gru", layers=2, pooling="max", seed=0):
     """An untrained model whose outputs these tests' thresholds were set on (ratio 2: how fast
     a random state forgets, and which random events it fires, depend on the ratio)."""
     torch.manual_seed(seed)
-    config = ModelConfig(arch=arch, hidden=32, ratio=2, layers=layers, num_classes=4)
-    config.pooling = pooling
-    model = build_model(config)
+    model = build_model(
+        ModelConfig(arch=arch, hidden=32, ratio=2, layers=layers, num_classes=4, pooling=pooling)
+    )
     model.set_normalization(torch.randn(40) * 5 - 20, torch.rand(40) * 5 + 5)
     return model.eval()
 
