@@ -13,6 +13,7 @@ ARCHITECTURES = ("ghost-gru", "gru", "ghost-lstm", "lstm")
 CHEAP_OPERATIONS = ("linear", "elementwise")
 ACTIVATIONS = ("none", "tanh", "relu", "sigmoid")
 CHEAP_INITS = ("uniform", "orthogonal")
+INPUT_NORMS = ("stats", "batch")
 POOLINGS = ("mean", "last", "max")
 OBJECTIVES = ("stream", "clip")
 WARM_STARTS = ("clip", "none")
@@ -148,6 +149,13 @@ class ModelConfig:
         "ghost states start as a norm-keeping map of the intrinsic ones; elementwise: +-1 copies).",
         CHEAP_INITS,
     )
+    input_norm: str = setting(
+        "stats",
+        "Feature normalisation: stats (the training split's per-coefficient mean and std) or "
+        "batch (those, then a BatchNorm over frames, as ref_gru_baseline.py; at inference both "
+        "are one per-coefficient affine map, so exports and devices see no difference).",
+        INPUT_NORMS,
+    )
     dropout: float = setting(0.2, "Dropout between layers and before the head.")
     pooling: str = setting(
         "max",
@@ -168,6 +176,7 @@ class ModelConfig:
         _choice("cheap operation", self.cheap_op, CHEAP_OPERATIONS)
         _choice("cheap-operation activation", self.cheap_activation, ACTIVATIONS)
         _choice("cheap-operation initialisation", self.cheap_init, CHEAP_INITS)
+        _choice("input normalisation", self.input_norm, INPUT_NORMS)
         _choice("pooling", self.pooling, POOLINGS)
         if self.hidden < 1 or self.layers < 1 or self.input_dim < 1 or self.num_classes < 1:
             raise KwsError("hidden, layers, input_dim and num_classes must be positive")

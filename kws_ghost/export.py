@@ -82,6 +82,8 @@ def fold_model(model: KeywordModel) -> KeywordModel:
     with torch.no_grad():
         target.feature_mean.copy_(model.feature_mean)
         target.feature_std.copy_(model.feature_std)
+        if model.input_bn is not None:
+            target.input_bn.load_state_dict(model.input_bn.state_dict())
         head = absorb_ghost(model.head.weight, model.head.bias, model.rnn.fold_into(target.rnn))
         target.head.weight.copy_(head[0])
         target.head.bias.copy_(head[1])
@@ -117,7 +119,7 @@ def step_module(model: KeywordModel, normalize_in_graph: bool = False) -> Any:
     class StepModule(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            mean, std = model.feature_mean.detach().clone(), model.feature_std.detach().clone()
+            mean, std = (t.detach().clone() for t in model.input_affine())
             w_ih, b_ih = first.weight_ih.detach(), first.bias_ih.detach()
             if not normalize_in_graph:
                 w_ih, b_ih = absorb_normalization(w_ih, b_ih, mean, std)
@@ -215,7 +217,8 @@ def check_against_torch(
     session = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(0)
     raw = torch.randn(frames, 2, model.config.input_dim, generator=generator)
-    raw = raw * model.feature_std + model.feature_mean
+    mean, std = model.input_affine()
+    raw = raw * std.abs() + mean
     state = model.initial_state(2)
     onnx_state, worst, posterior = state.numpy(), 0.0, 0.0
     with torch.inference_mode():

@@ -125,8 +125,9 @@ def export_c(
     tables = _Tables(int8)
     with torch.no_grad():
         layer_entries = [_layer_tables(tables, i, layer) for i, layer in enumerate(rnn.layers)]
-        tables.floats("kws_mean", model.feature_mean.numpy())
-        tables.floats("kws_inv_std", 1.0 / model.feature_std.numpy())
+        mean, std = model.input_affine()
+        tables.floats("kws_mean", mean.numpy())
+        tables.floats("kws_inv_std", 1.0 / std.numpy())
         head, head_scale = tables.matrix("kws_head_w", model.head.weight.numpy())
         tables.floats("kws_head_b", model.head.bias.numpy())
     first = rnn.layers[0]

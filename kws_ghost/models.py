@@ -28,6 +28,9 @@ class KeywordModel(nn.Module):
         self.config = config
         self.register_buffer("feature_mean", torch.zeros(config.input_dim))
         self.register_buffer("feature_std", torch.ones(config.input_dim))
+        # a BatchNorm over frames after the stored statistics: batch statistics while training,
+        # a fixed per-coefficient affine map at inference (``input_affine``)
+        self.input_bn = nn.BatchNorm1d(config.input_dim) if config.input_norm == "batch" else None
         self.rnn = GhostRNN(
             cell=config.cell,
             input_size=config.input_dim,
@@ -47,7 +50,24 @@ class KeywordModel(nn.Module):
         self.feature_std.copy_(std.clamp_min(1e-5))
 
     def normalize(self, features: Tensor) -> Tensor:
-        return (features - self.feature_mean) / self.feature_std
+        """Raw features [B, T, F] or frames [B, F] -> the recurrent stack's input."""
+        x = (features - self.feature_mean) / self.feature_std
+        if self.input_bn is None:
+            return x
+        if x.dim() == 3:  # BatchNorm1d takes channels second
+            return self.input_bn(x.transpose(1, 2)).transpose(1, 2)
+        return self.input_bn(x)
+
+    def input_affine(self) -> tuple[Tensor, Tensor]:
+        """(mean, std) with ``(features - mean) / std`` equal to ``normalize`` at inference: the
+        stored statistics with an input BatchNorm's running statistics and affine map folded in.
+        What exports and devices apply (std is negative where a BatchNorm gain is)."""
+        if self.input_bn is None:
+            return self.feature_mean, self.feature_std
+        bn = self.input_bn
+        gain = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        std = self.feature_std / gain
+        return self.feature_mean + self.feature_std * (bn.running_mean - bn.bias / gain), std
 
     def forward(self, features: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """features [B, T, F] (raw front-end output), state [layers, B, S] or None (zeros) ->

@@ -21,7 +21,7 @@ from kws_ghost.export import (
     folded_config,
     step_module,
 )
-from kws_ghost.models import build_model
+from kws_ghost.models import KeywordModel, build_model
 from kws_ghost.runtime import OnnxRuntime, load_model
 from kws_ghost.scorers import FrameScorer
 
@@ -159,6 +159,66 @@ def test_unfolded_export_of_a_foldable_model(tmp_path, arch, cheap_op):
         utterance.numpy(), np.zeros((2, 3, 6 if arch == "ghost-gru" else 12), np.float32)
     )
     np.testing.assert_allclose(got, step_loop(model, utterance)[0].numpy(), atol=1e-5)
+
+
+def with_input_batchnorm(model):
+    """``model``'s config with an input BatchNorm whose running statistics and affine map are
+    far from the identity (a negative gain among them), as after training."""
+    import dataclasses
+
+    config = dataclasses.replace(model.config, input_norm="batch")
+    bn_model = build_model(config)
+    bn_model.load_state_dict(model.state_dict(), strict=False)
+    generator = torch.Generator().manual_seed(8)
+    with torch.no_grad():
+        bn = bn_model.input_bn
+        bn.running_mean.copy_(torch.randn(FEATURES, generator=generator))
+        bn.running_var.copy_(torch.rand(FEATURES, generator=generator) * 3 + 0.2)
+        bn.weight.copy_(torch.linspace(-1.5, 2.0, FEATURES))
+        bn.bias.copy_(torch.randn(FEATURES, generator=generator))
+    return bn_model.eval()
+
+
+@pytest.mark.parametrize("activation", ["tanh", "none"])
+def test_an_input_batchnorm_is_one_affine_map_in_every_runtime(tmp_path, activation):
+    model = with_input_batchnorm(make_model("ghost-gru", activation))
+    x = raw_features(2, 30, seed=9)
+    mean, std = model.input_affine()
+    assert (std < 0).any()  # the negative gain
+    with torch.no_grad():
+        normalised = model.normalize(x)
+        torch.testing.assert_close(normalised, (x - mean) / std, atol=1e-5, rtol=1e-5)
+        # it is not the stored statistics alone
+        assert not torch.allclose(normalised, (x - model.feature_mean) / model.feature_std)
+        scan, _ = model(x)
+        half, state = model(x[:, :13])  # streamed in two chunks
+        rest, _ = model(x[:, 13:], state)
+    steps, _ = step_loop(model, x)
+    np.testing.assert_allclose(torch.cat([half, rest], 1), scan, atol=1e-5)
+    np.testing.assert_allclose(steps, scan, atol=1e-5)
+    result = export_model(model, FRONTEND, LABELS, tmp_path / "bn.onnx")
+    assert result["folded"] == (activation == "none")
+    runtime = load_model(tmp_path / "bn.onnx")
+    got, _ = runtime.run(x.numpy(), runtime.initial_state(2))
+    np.testing.assert_allclose(got, steps.numpy(), atol=1e-5)
+    export_model(model, FRONTEND, LABELS, tmp_path / "q.onnx", int8=True)  # kept in the graph
+    int8_runtime = load_model(tmp_path / "q.onnx")
+    quantized, _ = int8_runtime.run(x.numpy(), int8_runtime.initial_state(2))
+    assert np.abs(quantized - steps.numpy()).max() < 0.25 * steps.numpy().std() + 1e-3
+
+
+def test_an_input_batchnorm_normalises_by_the_batch_while_training():
+    model = with_input_batchnorm(make_model("ghost-gru", "tanh")).train()
+    x = raw_features(4, 25, seed=10) * 7 - 20  # far from the stored statistics
+    normalised = model.normalize(x)
+    per_coefficient = normalised.reshape(-1, FEATURES)
+    torch.testing.assert_close(
+        per_coefficient.mean(0), model.input_bn.bias.detach(), atol=1e-4, rtol=0
+    )
+    assert model.input_bn.num_batches_tracked.item() == 1  # its running statistics moved
+    assert KeywordModel(ModelConfig(input_dim=FEATURES)).input_bn is None  # the default: stats
+    with pytest.raises(KwsError, match="input normalisation"):
+        ModelConfig(input_norm="layer").validate()
 
 
 def test_step_module_is_the_models_step():

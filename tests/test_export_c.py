@@ -49,6 +49,11 @@ def checkpoint(
         for layer in model.rnn.layers:
             if layer.ghost is not None:
                 layer.ghost.bias.uniform_(-0.5, 0.5)
+        if model.input_bn is not None:  # as after training: far from the identity
+            model.input_bn.running_mean.uniform_(-1, 1)
+            model.input_bn.running_var.uniform_(0.2, 3)
+            model.input_bn.weight.copy_(torch.linspace(-1.5, 2, 40))
+            model.input_bn.bias.uniform_(-1, 1)
     path = tmp_path / "m.pt"
     save_checkpoint(path, model.eval(), FE, LABELS)
     return path
@@ -101,20 +106,24 @@ def speechless(seconds, seed=0):
 
 def cases():
     """At the default ratio (1.5: fewer ghost than intrinsic dimensions), and at 2 and 3 (as
-    many, and more: elementwise sources wrap around)."""
+    many, and more: elementwise sources wrap around); an input BatchNorm, folded or not."""
     for arch in ("ghost-gru", "ghost-lstm"):
         for cheap_op in ("linear", "elementwise"):
             for activation in ("none", "tanh", "relu", "sigmoid"):
-                yield arch, cheap_op, activation, 2, 1.5
+                yield arch, cheap_op, activation, 2, 1.5, "stats"
     for arch in ("gru", "lstm", "ghost-gru"):
-        yield arch, "linear", "tanh", 1, 1.5
-    yield "ghost-gru", "linear", "tanh", 2, 2.0
-    yield "ghost-lstm", "elementwise", "relu", 2, 3.0
+        yield arch, "linear", "tanh", 1, 1.5, "stats"
+    yield "ghost-gru", "linear", "tanh", 2, 2.0, "stats"
+    yield "ghost-lstm", "elementwise", "relu", 2, 3.0, "stats"
+    yield "ghost-gru", "linear", "tanh", 2, 1.5, "batch"
+    yield "ghost-gru", "linear", "none", 2, 1.5, "batch"
 
 
-@pytest.mark.parametrize("arch,cheap_op,activation,layers,ratio", list(cases()))
-def test_the_c_step_gives_onnxruntimes_logits(tmp_path, arch, cheap_op, activation, layers, ratio):
-    model = checkpoint(tmp_path, arch, cheap_op, activation, layers, ratio=ratio)
+@pytest.mark.parametrize("arch,cheap_op,activation,layers,ratio,norm", list(cases()))
+def test_the_c_step_gives_onnxruntimes_logits(
+    tmp_path, arch, cheap_op, activation, layers, ratio, norm
+):
+    model = checkpoint(tmp_path, arch, cheap_op, activation, layers, ratio=ratio, input_norm=norm)
     result = export_c(model, tmp_path / "c")
     assert result["folded"] == (arch.startswith("ghost-") and activation == "none")
     lib = shared_library(tmp_path / "c")

@@ -144,8 +144,11 @@ def test_eval_plot_and_text(trained_run, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective, ema", [("stream", 0.0), ("clip", 0.0), ("stream", 0.9)])
-def test_resume_continues_exactly(tiny_corpus, tmp_path, objective, ema):
+@pytest.mark.parametrize(
+    "objective, ema, norm",
+    [("stream", 0.0, "stats"), ("clip", 0.0, "stats"), ("stream", 0.9, "batch")],
+)
+def test_resume_continues_exactly(tiny_corpus, tmp_path, objective, ema, norm):
     from kws_ghost.config import FrontendConfig, ModelConfig, TrainConfig
     from kws_ghost.train import Trainer
 
@@ -163,7 +166,7 @@ def test_resume_continues_exactly(tiny_corpus, tmp_path, objective, ema):
             warm_start="none",
         )
         pooling = "max" if objective == "stream" else "mean"
-        model = ModelConfig(hidden=16, layers=1, pooling=pooling)
+        model = ModelConfig(hidden=16, layers=1, pooling=pooling, input_norm=norm)
         return Trainer(config, model, FrontendConfig(), tmp_path / out, progress=False)
 
     trainer("whole").run()
@@ -188,6 +191,9 @@ def test_resume_continues_exactly(tiny_corpus, tmp_path, objective, ema):
         assert torch.allclose(whole[name], parts[name], atol=1e-6), name
     best = [load_checkpoint(tmp_path / d / "best.pt").extra["epoch"] for d in ("whole", "parts")]
     assert best[0] == best[1]
+    if norm == "batch":  # the file (the weights' average, with ema) holds the running statistics
+        assert whole["input_bn.num_batches_tracked"] > 0
+        assert not torch.allclose(whole["input_bn.running_var"], torch.ones(40))
 
 
 @pytest.mark.slow
