@@ -4,13 +4,15 @@
 replays its posteriors through the event decoder at many thresholds: the DET curve. The hit rate
 comes from the keyword recording, the false-alarm rate from the negatives-only one where given
 (else from the keyword recording itself). ``pair_events`` says which events hit which words;
-``summarize`` is what a checkpoint carries; ``plot_det`` draws the curve.
+``summarize`` is what a checkpoint carries; ``false_alarm_words`` says which words fired
+falsely; ``plot_det`` draws the curve.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -178,6 +180,35 @@ def counted_words(truth: dict[str, Any], config: DetectorConfig) -> list[dict[st
     ]
 
 
+def false_alarm_words(
+    events: Sequence[Any],
+    truth: dict[str, Any],
+    config: Optional[DetectorConfig] = None,
+    tolerance: float = 0.5,
+) -> list[dict[str, Any]]:
+    """What fired falsely: the events that hit no counted keyword, grouped by the recording's word
+    under them (the nearest within ``tolerance`` seconds of the event's centre; None: noise) and
+    the keyword they fired as, most frequent first. A recording built from a few clips repeats
+    them, so one confusable clip can make most of its false alarms."""
+    counted = counted_words(truth, config or DetectorConfig())
+    false = [event for event, word, _ in pair_events(events, counted, tolerance) if word is None]
+    words = [*truth["events"], *truth.get("distractors", [])]
+    groups: Counter[tuple[Optional[str], Optional[str], str]] = Counter()
+    for event in false:
+        centre = (event.start + event.end) / 2
+        gaps = [max(w["start"] - centre, centre - w["end"], 0.0) for w in words]
+        nearest = int(np.argmin(gaps)) if gaps else -1
+        if nearest >= 0 and gaps[nearest] <= tolerance:
+            word = words[nearest]
+            groups[(word.get("word", word.get("keyword")), word.get("source"), event.keyword)] += 1
+        else:
+            groups[(None, None, event.keyword)] += 1
+    return [
+        {"word": word, "source": source, "fired": fired, "count": count}
+        for (word, source, fired), count in groups.most_common()
+    ]
+
+
 def operating_point(det: list[dict[str, Any]], target: float) -> Optional[dict[str, Any]]:
     """The DET point with the highest hit rate at no more than ``target`` false alarms per hour
     (ties: fewer false alarms, then the higher threshold); None when no threshold is that quiet."""
@@ -227,7 +258,7 @@ def evaluate_recording(
 ) -> dict[str, Any]:
     """Hit rate and false alarms per hour of ``runtime`` on a recording, at the detector's
     threshold and over ``thresholds`` (DET), with the operating point at the target rate."""
-    from kws_ghost.stream import resolve_threshold
+    from kws_ghost.stream import decode, resolve_threshold
 
     config = config or DetectorConfig()
     threshold, _ = resolve_threshold(runtime.detection, config)
@@ -239,6 +270,8 @@ def evaluate_recording(
     fe = runtime.frontend_config
     det = det_curve(keywords, negative, runtime.labels, fe, config, thresholds)
     (at,) = det_curve(keywords, negative, runtime.labels, fe, config, [threshold])
+    quiet = negative if negative is not None else keywords  # where false alarms are counted
+    (fired,) = decode(quiet.posteriors, quiet.levels, runtime.labels, config, fe, [threshold])
     point = operating_point(det, target_fa_per_hour)
     hours = negative.hours if negative is not None else keywords.hours
     return {
@@ -253,6 +286,7 @@ def evaluate_recording(
         "hit_rate_at_target": point["hit_rate"] if point else 0.0,
         "threshold_at_target": point["threshold"] if point else None,
         "false_alarms_per_hour_at_hit_rate_0.7": rate_at_hit_rate(det, 0.7),
+        "false_alarm_words": false_alarm_words(fired, quiet.truth, config),
         "det": det,
     }
 

@@ -192,6 +192,41 @@ def test_events_pair_with_the_nearest_unused_word_of_their_keyword():
     assert pair_events(events[3:], words, tolerance=0.3)[0][1] is None
 
 
+def test_false_alarms_are_grouped_by_the_word_under_them():
+    from kws_ghost.det import false_alarm_words
+    from kws_ghost.stream import Event
+
+    truth = {
+        "events": [{"keyword": "yes", "word": "yes", "start": 1.0, "end": 1.4, "source": "yes/a"}],
+        "distractors": [
+            {"keyword": None, "word": "dog", "start": 3.0, "end": 3.4, "source": "dog/b"},
+            {"keyword": None, "word": "dog", "start": 6.0, "end": 6.4, "source": "dog/b"},
+            {"keyword": None, "word": "bed", "start": 9.0, "end": 9.5, "source": "bed/c"},
+        ],
+    }
+    events = [
+        Event("yes", 1.1, 1.5, 0.9),  # a hit: not a false alarm
+        Event("no", 1.0, 1.3, 0.9),  # another keyword over the yes
+        Event("stop", 3.2, 3.6, 0.9),  # the same clip twice, as stop
+        Event("stop", 6.1, 6.5, 0.9),
+        Event("go", 9.6, 9.9, 0.9),  # just after bed: within 0.5 s of its end
+        Event("go", 12.0, 12.3, 0.9),  # nothing near: noise
+    ]
+    found = false_alarm_words(events, truth)
+    assert found == [
+        {"word": "dog", "source": "dog/b", "fired": "stop", "count": 2},
+        {"word": "yes", "source": "yes/a", "fired": "no", "count": 1},
+        {"word": "bed", "source": "bed/c", "fired": "go", "count": 1},
+        {"word": None, "source": None, "fired": "go", "count": 1},
+    ]
+    # a detector listening for "no" alone counts only no-words as hits: the yes event is false
+    only_no = false_alarm_words(events[:1], truth, DetectorConfig(keywords=["no"]))
+    assert only_no == [{"word": "yes", "source": "yes/a", "fired": "yes", "count": 1}]
+    near = false_alarm_words(events, truth, tolerance=0.1)  # the go after bed is noise now
+    assert {"word": None, "source": None, "fired": "go", "count": 2} in near
+    assert all(w["word"] != "bed" for w in near)
+
+
 def test_decoder_smooths_and_gives_the_same_events_in_any_pieces():
     spike = [LOW] * 20 + [YES] * 2 + [LOW] * 20
     assert len(run_decoder(spike, threshold=0.5)) == 1
@@ -460,12 +495,30 @@ def test_trained_model_finds_keywords_at_their_times(trained_run, test_recording
     assert false_alarms <= 2
     report = evaluate_recording(load_model(trained_run["best"]), wav, truth)
     assert report["hits"] == hits and len(report["det"]) > 10
+    named = report["false_alarm_words"]  # each false alarm once, with the word under it
+    assert sum(w["count"] for w in named) == report["false_alarms"]
+    sources = {w["source"] for w in truth["events"] + truth["distractors"]}
+    assert all(w["source"] in sources | {None} for w in named)
     rates = [p["hit_rate"] for p in report["det"]]
     # Higher thresholds hit less, up to one word at a step: a lower threshold can fire earlier,
     # so its event's centre may miss the word's tolerance where a later event would not.
     one_word = 1 / len(truth["events"])
     assert rates[0] >= rates[-1] and rates[0] > 0.5
     assert all(later <= earlier + one_word + 1e-9 for earlier, later in zip(rates, rates[1:]))
+
+
+def test_eval_stream_names_the_words_that_fire_falsely(trained_run, test_recording):
+    wav, _ = test_recording
+    low = ("eval-stream", wav, "--model", trained_run["best"], "--threshold", "0.05")
+    report = kws(*low, "--json")
+    assert report.returncode == 0, report.stderr
+    result = json.loads(report.stdout)
+    assert result["false_alarms"] > 0  # a threshold this low fires on other words
+    assert sum(w["count"] for w in result["false_alarm_words"]) == result["false_alarms"]
+    text = kws(*low)
+    top = result["false_alarm_words"][0]
+    named = f"{top['source'] or top['word'] or 'noise'} as {top['fired']} x{top['count']}"
+    assert f"false alarms by the word under them: {named}" in text.stdout
 
 
 def test_segments_give_the_events_of_strict_streaming(trained_run, test_recording):

@@ -188,6 +188,12 @@ def eval_stream(
         f"{result['hit_rate_at_target']:.3f}"
         + (f" (threshold {at_target:.4g})" if at_target is not None else " (never that quiet)")
     )
+    if result["false_alarm_words"]:  # which words to expect false triggers on
+        described = ", ".join(
+            f"{w['source'] or w['word'] or 'noise'} as {w['fired']} x{w['count']}"
+            for w in result["false_alarm_words"][:5]
+        )
+        click.echo(f"false alarms by the word under them: {described}")
     click.echo(f"{'threshold':>9} {'hit rate':>9} {'FA/hour':>9}")
     for point in result["det"][::3]:
         click.echo(
