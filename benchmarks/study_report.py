@@ -7,7 +7,9 @@ Every figure is a mean over a config's runs (seeds, or speaker folds) with two s
 that mean: 2 * sample standard deviation / sqrt(runs). A difference between two configs is
 called real only where it exceeds two standard errors of the difference,
 2 * sqrt(se_a^2 + se_b^2). ``--readme`` rewrites the part of the README between
-``<!-- study:begin -->`` and ``<!-- study:end -->`` with the table of the plans named.
+``<!-- study:begin -->`` and ``<!-- study:end -->`` with the table of the plans named and every
+comparison the section already holds, recomputed, then the new ``--compare`` ones: so
+``study_report.py --readme README.md`` alone refreshes the whole section from the results.
 """
 
 from __future__ import annotations
@@ -16,10 +18,22 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 from pathlib import Path
 
 BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
+FIGURES = (
+    ("accuracy", "test accuracy"),
+    ("validation", "validation accuracy"),
+    ("pooled", "val+test accuracy"),
+    ("keyword_accuracy", "keyword accuracy"),
+    ("test_hit_rate", "test hit rate"),
+)
+# "A minus B: <first figure> ..." as written below (a side may hold ": " and " + ")
+COMPARISON = re.compile(
+    r"^(.+?) minus (.+?): (?:" + "|".join(re.escape(what) for _, what in FIGURES) + ") "
+)
 
 
 def load(results: Path, plans: list[str] | None = None) -> dict[str, list[dict]]:
@@ -195,6 +209,14 @@ def pareto(groups: dict[str, list[dict]], png: Path) -> None:
     os.replace(tmp, png)
 
 
+def readme_comparisons(readme: Path) -> list[tuple[str, str]]:
+    """The (A, B) comparisons the README's study section holds, in its order."""
+    text = readme.read_text()
+    section = text.split(BEGIN, 1)[1].split(END, 1)[0] if BEGIN in text else ""
+    found = (COMPARISON.match(line) for line in section.splitlines())
+    return [(match[1], match[2]) for match in found if match]
+
+
 def update_readme(readme: Path, table: str) -> None:
     text = readme.read_text()
     if BEGIN not in text or END not in text:
@@ -228,25 +250,23 @@ def main() -> None:
         'with " + " (the same config on other folds: "front-2: gru H93 + front-4: gru H93").',
     )
     args = parser.parse_args()
+    comparisons = [tuple(pair) for pair in args.compare or []]
+    if args.readme:  # keep (and recompute) what the section compares already
+        kept = readme_comparisons(args.readme)
+        comparisons = kept + [pair for pair in comparisons if pair not in kept]
     groups = load(args.results, args.plan)
     table = markdown(groups)
     every = load(args.results, None)  # a comparison may name rows of any plan
-    named = {"--compare": [side for pair in args.compare or [] for side in pair]}
+    named = {"--compare": [side for pair in comparisons for side in pair]}
     named["--front"] = args.front or []
     for option, sides in named.items():
         unknown = [row for side in sides for row in side.split(" + ") if row not in every]
         if unknown:
             parser.error(f"{option}: no runs of {', '.join(unknown)} in {args.results}")
-    for a, b in args.compare or []:
+    for a, b in comparisons:
         runs_a, runs_b = (joined(every, side) for side in (a, b))
         lines = []
-        for key, what in (
-            ("accuracy", "test accuracy"),
-            ("validation", "validation accuracy"),
-            ("pooled", "val+test accuracy"),
-            ("keyword_accuracy", "keyword accuracy"),
-            ("test_hit_rate", "test hit rate"),
-        ):
+        for key, what in FIGURES:
             d = paired_difference(runs_a, runs_b, key)
             if not d["pairs"]:
                 continue
