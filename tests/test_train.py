@@ -649,3 +649,43 @@ def test_init_starts_a_run_from_another_models_weights(tiny_corpus, tmp_path):
     missing = kws("train", "--data", tiny_corpus, *FAST, "--init", tmp_path / "none.pt")
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert "none.pt" in missing.stderr.splitlines()[-1]
+
+
+def test_teacher_distils_a_stream_model_into_another(tiny_corpus, tmp_path):
+    """--teacher: a stream run learns from another stream model's posteriors as well. Weight 0
+    trains exactly the run without a teacher (the teacher's carried state draws nothing random),
+    any other weight changes the weights; a clip model or another task's model as teacher is one
+    clear line, before any training."""
+    teacher = tmp_path / "teacher"
+    made = kws("train", "--data", tiny_corpus, *FAST, "--epochs", "1", "--out", teacher)
+    assert made.returncode == 0, made.stderr
+    student = [*FAST, "--model", "gru", "--hidden", "12", "--epochs", "1"]
+    runs = {}
+    for name, extra in {
+        "none": [],
+        "zero": ["--teacher", teacher / "best.pt", "--teacher-weight", "0"],
+        "half": ["--teacher", teacher / "best.pt"],
+    }.items():
+        result = kws("train", "--data", tiny_corpus, *student, *extra, "--out", tmp_path / name)
+        assert result.returncode == 0, result.stderr
+        runs[name] = load_checkpoint(tmp_path / name / "last.pt").model_state
+    assert all(torch.equal(runs["none"][k], runs["zero"][k]) for k in runs["none"])
+    assert not all(torch.equal(runs["none"][k], runs["half"][k]) for k in runs["none"])
+    config = json.loads((tmp_path / "half" / "config.json").read_text())["train"]
+    assert config["teacher"] == str((teacher / "best.pt").resolve())
+
+    clip = tmp_path / "clip"
+    made = kws(
+        "train", "--data", tiny_corpus, *FAST, "--objective", "clip", "--epochs", "1",
+        "--out", clip,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    two_stages = [*TWO_STAGES, "--epochs", "1"]
+    refused = kws("train", "--data", tiny_corpus, *two_stages, "--teacher", clip / "best.pt",
+                  "--out", tmp_path / "refused")  # fmt: skip
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "a clip model; a teacher streams" in refused.stderr.splitlines()[-1]
+    assert not (tmp_path / "refused").exists()  # refused before its clip stage trained
+    other = kws("train", "--data", tiny_corpus, *student, "--task", "custom", "--keywords", "yes",
+                "--teacher", teacher / "best.pt", cwd=tmp_path)  # fmt: skip
+    assert other.returncode == 1 and "its labels" in other.stderr.splitlines()[-1]
