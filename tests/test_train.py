@@ -651,6 +651,7 @@ def test_init_starts_a_run_from_another_models_weights(tiny_corpus, tmp_path):
     assert "none.pt" in missing.stderr.splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_teacher_distils_a_stream_model_into_another(tiny_corpus, tmp_path):
     """--teacher: a stream run learns from another stream model's posteriors as well. Weight 0
     trains exactly the run without a teacher (the teacher's carried state draws nothing random),
