@@ -33,6 +33,13 @@ def kws(*args, **kwargs):
     )
 
 
+def train_one_epoch(corpus: Path, out: Path, *flags) -> Path:
+    """A one-epoch run of the small fast model into ``out``, which it returns."""
+    result = kws("train", "--data", corpus, *FAST, "--epochs", "1", *flags, "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -616,12 +623,7 @@ def test_init_starts_a_run_from_another_models_weights(tiny_corpus, tmp_path):
     from kws_ghost.build import build_data, build_network
     from kws_ghost.config import FrontendConfig, ModelConfig, TrainConfig
 
-    clip = tmp_path / "clip"
-    first = kws(
-        "train", "--data", tiny_corpus, *FAST, "--objective", "clip", "--epochs", "1",
-        "--out", clip,
-    )  # fmt: skip
-    assert first.returncode == 0, first.stderr
+    clip = train_one_epoch(tiny_corpus, tmp_path / "clip", "--objective", "clip")
     source = load_checkpoint(clip / "best.pt")
     config = TrainConfig(data=str(tiny_corpus), init=str(clip / "best.pt"))
     data = build_data(config, FrontendConfig(), None, lambda message: None, False)
@@ -657,9 +659,7 @@ def test_teacher_distils_a_stream_model_into_another(tiny_corpus, tmp_path):
     trains exactly the run without a teacher (the teacher's carried state draws nothing random),
     any other weight changes the weights; a clip model or another task's model as teacher is one
     clear line, before any training."""
-    teacher = tmp_path / "teacher"
-    made = kws("train", "--data", tiny_corpus, *FAST, "--epochs", "1", "--out", teacher)
-    assert made.returncode == 0, made.stderr
+    teacher = train_one_epoch(tiny_corpus, tmp_path / "teacher")
     student = [*FAST, "--model", "gru", "--hidden", "12", "--epochs", "1"]
     runs = {}
     for name, extra in {
@@ -675,12 +675,7 @@ def test_teacher_distils_a_stream_model_into_another(tiny_corpus, tmp_path):
     config = json.loads((tmp_path / "half" / "config.json").read_text())["train"]
     assert config["teacher"] == str((teacher / "best.pt").resolve())
 
-    clip = tmp_path / "clip"
-    made = kws(
-        "train", "--data", tiny_corpus, *FAST, "--objective", "clip", "--epochs", "1",
-        "--out", clip,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
+    clip = train_one_epoch(tiny_corpus, tmp_path / "clip", "--objective", "clip")
     two_stages = [*TWO_STAGES, "--epochs", "1"]
     refused = kws("train", "--data", tiny_corpus, *two_stages, "--teacher", clip / "best.pt",
                   "--out", tmp_path / "refused")  # fmt: skip
