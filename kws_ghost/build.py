@@ -134,13 +134,7 @@ def load_initial_weights(
 ) -> None:
     """Copy the weights (and feature normalisation) of model file ``path`` into ``model``;
     one clear line where that file's model, labels or front-end differ from the run's."""
-    from kws_ghost.checkpoint import load_checkpoint
-
-    source = load_checkpoint(path)
-    if source.labels != list(labels):
-        raise KwsError(f"--init {path}: its labels {source.labels} are not this run's {labels}")
-    if source.frontend_config != frontend:
-        raise KwsError(f"--init {path}: its features differ from this run's front-end")
+    source = load_matching(path, "--init", frontend, labels)
     ours = dataclasses.asdict(model.config)
     theirs = dataclasses.asdict(source.model_config)
     differ = sorted(k for k in ours if k not in INIT_MAY_DIFFER and ours[k] != theirs.get(k))
@@ -148,6 +142,37 @@ def load_initial_weights(
         described = ", ".join(f"{k} {theirs.get(k)} (this run: {ours[k]})" for k in differ)
         raise KwsError(f"--init {path}: another model: {described}")
     model.load_state_dict(source.model_state, strict=True)
+
+
+def load_matching(path: str, option: str, frontend: FrontendConfig, labels: list[str]) -> Any:
+    """The checkpoint in model file ``path`` (given as ``option``); one clear line where its
+    labels or front-end differ from the run's."""
+    from kws_ghost.checkpoint import load_checkpoint
+
+    source = load_checkpoint(path)
+    if source.labels != list(labels):
+        raise KwsError(f"{option} {path}: its labels {source.labels} are not this run's {labels}")
+    if source.frontend_config != frontend:
+        raise KwsError(f"{option} {path}: its features differ from this run's front-end")
+    return source
+
+
+def load_teacher(path: str, frontend: FrontendConfig, labels: list[str]) -> Any:
+    """The stream model in ``path`` that a run distils from, frozen in eval mode; one clear line
+    where its labels, front-end or objective differ from the run's."""
+    import torch
+
+    from kws_ghost.models import build_model
+
+    source = load_matching(path, "--teacher", frontend, labels)
+    if source.model_config.objective != "stream":
+        raise KwsError(
+            f"--teacher {path}: a {source.model_config.objective} model; a teacher streams"
+        )
+    with torch.random.fork_rng(devices=[]):  # its random init must not move the run's seed
+        teacher = build_model(source.model_config)
+    teacher.load_state_dict(source.model_state, strict=True)
+    return teacher.eval().requires_grad_(False)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:

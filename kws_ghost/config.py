@@ -414,6 +414,18 @@ class TrainConfig:
         "Exponential moving average of the weights per step (e.g. 0.999; 0: off): validation and "
         "checkpoints use the average.",
     )
+    teacher: str = setting(
+        "",
+        "Distil from this stream model file (same labels and front-end, any width or cell): "
+        "the stream loss mixes in each frame's divergence from the teacher's posteriors; the "
+        "clip stage trains without it.",
+    )
+    teacher_weight: float = setting(
+        0.5, "Share of the distillation term in the stream loss (with --teacher)."
+    )
+    teacher_temperature: float = setting(
+        2.0, "Temperature of both models' posteriors in the distillation term."
+    )
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     sequence: SequenceConfig = dataclasses.field(default_factory=SequenceConfig)
 
@@ -431,6 +443,7 @@ class TrainConfig:
             warm_start="none",
             epochs=self.warm_start_epochs,
             warm_start_epochs=None,
+            teacher="",  # a stream model's posteriors teach frames, not 1 s clips
         )
 
     def validate(self) -> None:
@@ -440,6 +453,10 @@ class TrainConfig:
             raise KwsError("--val-every must be at least 1 and --val-from in [0, 1]")
         _choice("objective", self.objective, OBJECTIVES)
         _choice("warm start", self.warm_start, WARM_STARTS)
+        if not 0 <= self.teacher_weight <= 1 or self.teacher_temperature <= 0:
+            raise KwsError("--teacher-weight must be in [0, 1] and --teacher-temperature positive")
+        if self.teacher and self.objective != "stream":
+            raise KwsError("--teacher distils a stream model: it goes with --objective stream")
         if self.warm_start_epochs is not None and self.warm_start_epochs < 1:
             raise KwsError("--warm-start-epochs must be at least 1")
         if isinstance(self.augment, dict):

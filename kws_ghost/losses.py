@@ -15,6 +15,9 @@
   p_unknown) at its background frame where a keyword's posterior peaks: the streaming rule fires
   on one frame, so the mean over thousands of easy frames let a few confusable ones through
   (WeKws's max-pooling loss treats negatives alike).
+* ``distillation_loss``: the divergence of every frame's posteriors from a teacher model's
+  (Hinton et al. 2015): the teacher says, frame by frame, which other words a keyword resembles
+  and how sure to be between words, which one-hot frame targets do not.
 """
 
 from __future__ import annotations
@@ -112,3 +115,12 @@ def hardest_background_loss(logits: Tensor, targets: Tensor, background: list[in
     rows = torch.nonzero(frames.any(dim=1), as_tuple=True)[0]
     at_hardest = log_probs[rows, hardest[rows]]  # [N, C]
     return -at_hardest[:, background].logsumexp(-1).mean()
+
+
+def distillation_loss(frame_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """Mean over frames of KL(teacher || student) of the posteriors at ``temperature``, times
+    its square so the gradient's scale does not depend on it."""
+    student = (frame_logits.float() / temperature).log_softmax(-1)
+    teacher = (teacher_logits.float() / temperature).log_softmax(-1)
+    divergence = F.kl_div(student, teacher, log_target=True, reduction="none").sum(-1)
+    return divergence.mean() * temperature**2

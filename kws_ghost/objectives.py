@@ -124,6 +124,7 @@ class StreamObjective(Objective):
     def __init__(self, config: TrainConfig, labels: list[str]) -> None:
         super().__init__(config, labels)
         self.state: Any = None  # each sequence row's recurrent state, carried across batches
+        self.teacher_state: Any = None  # the teacher's, carried and reset alike
 
     @staticmethod
     def check(model_config: ModelConfig) -> None:
@@ -168,7 +169,7 @@ class StreamObjective(Objective):
         return None
 
     def start_epoch(self) -> None:
-        self.state = None
+        self.state = self.teacher_state = None
 
     def step(self, trainer: Any, batch: Any, generator: Any) -> tuple[Any, int, int]:
         """Keyword regions found at their peak and background frames right count as right."""
@@ -186,7 +187,8 @@ class StreamObjective(Objective):
             features = spec_augment(
                 trainer.frontend(audio), masks, trainer.model.feature_mean, generator
             )
-        logits, state = trainer.ddp_model(features, self._carried_state(len(audio), generator))
+        keep = self._kept_rows(len(audio), generator)
+        logits, state = trainer.ddp_model(features, carried(self.state, keep))
         self.state = state.detach()
         region_mean = config.sequence.keyword_targets == "region"
         loss, stats = stream_loss(
@@ -198,19 +200,29 @@ class StreamObjective(Objective):
             region_mean,
             config.sequence.negative_peak,
         )
+        if trainer.teacher is not None:
+            from kws_ghost.losses import distillation_loss
+
+            with torch.no_grad():
+                teacher_logits, teacher_state = trainer.teacher(
+                    features, carried(self.teacher_state, keep)
+                )
+            self.teacher_state = teacher_state
+            weight = config.teacher_weight
+            distilled = distillation_loss(logits, teacher_logits, config.teacher_temperature)
+            loss = (1 - weight) * loss + weight * distilled
         right = int(stats["keywords_right"]) + int(stats["background_right"])
         seen = int(stats["keywords"]) + int(stats["background"])
         return loss, right, seen
 
-    def _carried_state(self, batch: int, generator: Any) -> Any:
-        """Each row's state from the previous batch, or zeros (at random, and at epoch starts)."""
+    def _kept_rows(self, batch: int, generator: Any) -> Any:
+        """Which rows carry their state from the previous batch (the others start from zeros,
+        at random); None at epoch starts, when no state is carried."""
         import torch
 
-        state = self.state
-        if state is None or state.shape[1] != batch:
+        if self.state is None or self.state.shape[1] != batch:
             return None
-        keep = torch.rand(batch, generator=generator) >= self.config.sequence.state_reset_prob
-        return state * keep.to(state.device, state.dtype)[None, :, None]
+        return torch.rand(batch, generator=generator) >= self.config.sequence.state_reset_prob
 
     def sharpen(self, scores: Any) -> Any:
         return scores / 0.1  # a stream model's clip scores are decision margins in [-1, 1]
@@ -258,6 +270,14 @@ class ClipObjective(Objective):
             logits, target, model.config.pooling, self.config.label_smoothing
         )
         return loss, int((predicted == target).sum()), int((target != IGNORE).sum())
+
+
+def carried(state: Any, keep: Any) -> Any:
+    """``state`` [layers, batch, hidden] with the rows ``keep`` does not hold zeroed; None (zeros)
+    without a state or a ``keep``."""
+    if state is None or keep is None:
+        return None
+    return state * keep.to(state.device, state.dtype)[None, :, None]
 
 
 OBJECTIVE_CLASSES = {"stream": StreamObjective, "clip": ClipObjective}

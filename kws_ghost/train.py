@@ -114,8 +114,13 @@ class Trainer:
         self.then = then
         if checkpoint is None:  # the corpus as an absolute path: eval and analyze run anywhere
             absolute = str(Path(train_config.data).resolve())
-            init = str(Path(train_config.init).resolve()) if train_config.init else ""
-            train_config = dataclasses.replace(train_config, data=absolute, init=init)
+            init, teacher = (
+                str(Path(path).resolve()) if path else ""
+                for path in (train_config.init, train_config.teacher)
+            )
+            train_config = dataclasses.replace(
+                train_config, data=absolute, init=init, teacher=teacher
+            )
         self.config = train_config
         self.frontend_config = frontend_config
         self.progress = progress
@@ -149,6 +154,12 @@ class Trainer:
         else:
             self.model = build_network(model_config, frontend_config, self.data, train_config)
         self.model.to(self.device)
+        self.teacher: Any = None  # the frozen stream model this run distils from
+        if train_config.teacher:
+            from kws_ghost.build import load_teacher
+
+            teacher = load_teacher(train_config.teacher, frontend_config, self.labels)
+            self.teacher = teacher.to(self.device)
         from kws_ghost.features import Frontend
 
         self.frontend = Frontend(frontend_config).to(self.device)
@@ -429,6 +440,10 @@ def train_run(
         outer=outer,
         then=(config, model_config),
     )
+    if config.teacher:  # refused now, not after the clip stage
+        from kws_ghost.build import load_teacher
+
+        load_teacher(config.teacher, frontend_config, first.labels)
     first.log(f"stage 1 of 2: the clip objective, in {first.run_dir}")
     first.run()
     return _stream_stage(first, progress, log)

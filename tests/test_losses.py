@@ -2,7 +2,7 @@
 
 import torch
 
-from kws_ghost.losses import hardest_background_loss, stream_loss
+from kws_ghost.losses import distillation_loss, hardest_background_loss, stream_loss
 from kws_ghost.sequences import IGNORE
 
 # classes: 0, 1 keywords; 2 _silence_; 3 _unknown_
@@ -42,3 +42,20 @@ def test_sequences_without_background_frames_add_nothing():
     logits = torch.randn(1, 4, 4)
     targets = torch.full((1, 4), IGNORE)
     assert hardest_background_loss(logits, targets, BACKGROUND) == 0
+
+
+def test_distillation_loss_is_the_temperature_scaled_divergence_from_the_teacher():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 5, 4), torch.randn(2, 5, 4)
+    assert distillation_loss(teacher, teacher, 2.0).abs() < 1e-6  # nothing to learn
+    p = (teacher / 3.0).softmax(-1)
+    q = (student / 3.0).softmax(-1)
+    expected = (p * (p.log() - q.log())).sum(-1).mean() * 9.0
+    assert torch.allclose(distillation_loss(student, teacher, 3.0), expected, atol=1e-6)
+    # its gradient moves the student's posteriors towards the teacher's
+    student.requires_grad_(True)
+    distillation_loss(student, teacher, 1.0).backward()
+    stepped = (student - 0.1 * student.grad).detach()
+    assert distillation_loss(stepped, teacher, 1.0) < distillation_loss(
+        student.detach(), teacher, 1.0
+    )

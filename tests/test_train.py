@@ -33,6 +33,13 @@ def kws(*args, **kwargs):
     )
 
 
+def train_one_epoch(corpus: Path, out: Path, *flags) -> Path:
+    """A one-epoch run of the small fast model into ``out``, which it returns."""
+    result = kws("train", "--data", corpus, *FAST, "--epochs", "1", *flags, "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -616,12 +623,7 @@ def test_init_starts_a_run_from_another_models_weights(tiny_corpus, tmp_path):
     from kws_ghost.build import build_data, build_network
     from kws_ghost.config import FrontendConfig, ModelConfig, TrainConfig
 
-    clip = tmp_path / "clip"
-    first = kws(
-        "train", "--data", tiny_corpus, *FAST, "--objective", "clip", "--epochs", "1",
-        "--out", clip,
-    )  # fmt: skip
-    assert first.returncode == 0, first.stderr
+    clip = train_one_epoch(tiny_corpus, tmp_path / "clip", "--objective", "clip")
     source = load_checkpoint(clip / "best.pt")
     config = TrainConfig(data=str(tiny_corpus), init=str(clip / "best.pt"))
     data = build_data(config, FrontendConfig(), None, lambda message: None, False)
@@ -649,3 +651,37 @@ def test_init_starts_a_run_from_another_models_weights(tiny_corpus, tmp_path):
     missing = kws("train", "--data", tiny_corpus, *FAST, "--init", tmp_path / "none.pt")
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert "none.pt" in missing.stderr.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_teacher_distils_a_stream_model_into_another(tiny_corpus, tmp_path):
+    """--teacher: a stream run learns from another stream model's posteriors as well. Weight 0
+    trains exactly the run without a teacher (the teacher's carried state draws nothing random),
+    any other weight changes the weights; a clip model or another task's model as teacher is one
+    clear line, before any training."""
+    student = [*FAST, "--model", "gru", "--hidden", "12", "--epochs", "1"]
+    teacher = tmp_path / "none"  # the run without a teacher teaches the others
+    runs = {}
+    for name, extra in {
+        "none": [],
+        "zero": ["--teacher", teacher / "best.pt", "--teacher-weight", "0"],
+        "half": ["--teacher", teacher / "best.pt"],
+    }.items():
+        result = kws("train", "--data", tiny_corpus, *student, *extra, "--out", tmp_path / name)
+        assert result.returncode == 0, result.stderr
+        runs[name] = load_checkpoint(tmp_path / name / "last.pt").model_state
+    assert all(torch.equal(runs["none"][k], runs["zero"][k]) for k in runs["none"])
+    assert not all(torch.equal(runs["none"][k], runs["half"][k]) for k in runs["none"])
+    config = json.loads((tmp_path / "half" / "config.json").read_text())["train"]
+    assert config["teacher"] == str((teacher / "best.pt").resolve())
+
+    clip = train_one_epoch(tiny_corpus, tmp_path / "clip", "--objective", "clip")
+    two_stages = [*TWO_STAGES, "--epochs", "1"]
+    refused = kws("train", "--data", tiny_corpus, *two_stages, "--teacher", clip / "best.pt",
+                  "--out", tmp_path / "refused")  # fmt: skip
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "a clip model; a teacher streams" in refused.stderr.splitlines()[-1]
+    assert not (tmp_path / "refused").exists()  # refused before its clip stage trained
+    other = kws("train", "--data", tiny_corpus, *student, "--task", "custom", "--keywords", "yes",
+                "--teacher", teacher / "best.pt", cwd=tmp_path)  # fmt: skip
+    assert other.returncode == 1 and "its labels" in other.stderr.splitlines()[-1]
