@@ -429,6 +429,8 @@ def train_run(
         return trainer
     config.validate()
     check_model(config, model_config)  # refuse now what the stream stage could not train
+    if config.teacher:  # the clip stage's last.pt keeps it for a resume from anywhere
+        config = dataclasses.replace(config, teacher=str(Path(config.teacher).resolve()))
     path = Path(run_dir) if run_dir else default_run_dir(model_config)
     outer = RunFolder(path, run_dir is None, log or print_stderr)
     first = Trainer(

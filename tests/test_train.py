@@ -674,9 +674,18 @@ def test_teacher_distils_a_stream_model_into_another(tiny_corpus, tmp_path):
     assert not all(torch.equal(runs["none"][k], runs["half"][k]) for k in runs["none"])
     config = json.loads((tmp_path / "half" / "config.json").read_text())["train"]
     assert config["teacher"] == str((teacher / "best.pt").resolve())
+    # two stages, the teacher named from the run's folder: the clip stage trains without it,
+    # and its last.pt keeps the stream stage's teacher as a path a resume finds from anywhere
+    two_stages = [*TWO_STAGES, "--model", "gru", "--hidden", "12", "--epochs", "1"]
+    staged = kws("train", "--data", tiny_corpus, *two_stages, "--teacher", "none/best.pt",
+                 "--out", "staged", cwd=tmp_path)  # fmt: skip
+    assert staged.returncode == 0, staged.stderr
+    stage = load_checkpoint(tmp_path / "staged" / "clip" / "last.pt").extra["train_state"]
+    assert stage["then"]["train"]["teacher"] == config["teacher"]
+    clip_config = json.loads((tmp_path / "staged" / "clip" / "config.json").read_text())
+    assert clip_config["train"]["teacher"] == ""
 
     clip = train_one_epoch(tiny_corpus, tmp_path / "clip", "--objective", "clip")
-    two_stages = [*TWO_STAGES, "--epochs", "1"]
     refused = kws("train", "--data", tiny_corpus, *two_stages, "--teacher", clip / "best.pt",
                   "--out", tmp_path / "refused")  # fmt: skip
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
