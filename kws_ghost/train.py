@@ -112,15 +112,8 @@ class Trainer:
             )
         check_model(train_config, model_config)
         self.then = then
-        if checkpoint is None:  # the corpus as an absolute path: eval and analyze run anywhere
-            absolute = str(Path(train_config.data).resolve())
-            init, teacher = (
-                str(Path(path).resolve()) if path else ""
-                for path in (train_config.init, train_config.teacher)
-            )
-            train_config = dataclasses.replace(
-                train_config, data=absolute, init=init, teacher=teacher
-            )
+        if checkpoint is None:
+            train_config = with_absolute_paths(train_config)
         self.config = train_config
         self.frontend_config = frontend_config
         self.progress = progress
@@ -408,6 +401,16 @@ class Trainer:
         self.folder.save(model, fe, self.labels, self.history, common, train_state, counts)
 
 
+def with_absolute_paths(config: TrainConfig) -> TrainConfig:
+    """``config`` with its corpus and model files as absolute paths (where given): eval, analyze
+    and a resume find them from anywhere."""
+    data, init, teacher = (
+        str(Path(path).resolve()) if path else ""
+        for path in (config.data, config.init, config.teacher)
+    )
+    return dataclasses.replace(config, data=data, init=init, teacher=teacher)
+
+
 def train_run(
     config: TrainConfig,
     model_config: ModelConfig,
@@ -429,8 +432,7 @@ def train_run(
         return trainer
     config.validate()
     check_model(config, model_config)  # refuse now what the stream stage could not train
-    if config.teacher:  # the clip stage's last.pt keeps it for a resume from anywhere
-        config = dataclasses.replace(config, teacher=str(Path(config.teacher).resolve()))
+    config = with_absolute_paths(config)  # the clip stage's last.pt keeps it for a resume
     path = Path(run_dir) if run_dir else default_run_dir(model_config)
     outer = RunFolder(path, run_dir is None, log or print_stderr)
     first = Trainer(
