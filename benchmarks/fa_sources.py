@@ -15,6 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from folds import fold_of_seed  # benchmarks/ is this script's folder
+
 
 def operating_point(
     hit_rates: list[float], fired: list[list[dict]], allowed: float, left_out: set
@@ -57,7 +59,7 @@ def main() -> None:
     for seed in (int(s) for s in args.seeds.split(",")):
         run = args.plan_runs / f"{args.config}-s{seed}"
         runtime = load_model(run / "best.pt")
-        corpus = scan_corpus(args.plan_runs / "folds" / f"fold-{seed % args.folds}")
+        corpus = scan_corpus(fold_of_seed(args.plan_runs, seed, args.folds)[1])
         recordings = ValidationRecordings(
             corpus, runtime.labels, runtime.frontend_config, seed=seed, split="testing"
         )

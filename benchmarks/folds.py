@@ -29,6 +29,13 @@ def group_of(relpath: str, folds: int) -> int:
     return int(hashlib.sha1(speaker_of(relpath).encode()).hexdigest(), 16) % folds
 
 
+def fold_of_seed(plan_runs: Path, seed: int, folds: int) -> tuple[int, Path]:
+    """(fold, folder) of a study run of ``seed``: fold seed mod ``folds``, kept under its plan's
+    runs folder, so the runs of one fold share it."""
+    fold = seed % folds
+    return fold, plan_runs / "folds" / f"fold-{fold}"
+
+
 def make_fold(root: Path, out: Path, fold: int, folds: int) -> Path:
     """``out`` made (or refreshed) as fold ``fold`` of ``folds`` of the corpus at ``root``."""
     root = root.resolve()

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import filelock
 from bench_accuracy import run_name, train_and_eval  # benchmarks/ is this script's folder
-from folds import make_fold
+from folds import fold_of_seed, make_fold
 from study_report import load, markdown
 
 
@@ -150,8 +150,8 @@ def fold_data(plan: dict, seed: int, data: Path, plan_runs: Path) -> tuple[int |
     uses speaker fold s mod folds, made (once) under the plan's runs folder."""
     if not plan.get("folds"):
         return None, data
-    fold = seed % plan["folds"]
-    return fold, make_fold(data, plan_runs / "folds" / f"fold-{fold}", fold, plan["folds"])
+    fold, folder = fold_of_seed(plan_runs, seed, plan["folds"])
+    return fold, make_fold(data, folder, fold, plan["folds"])
 
 
 def test_detection(run: Path, data: Path, seed: int) -> dict:
