@@ -175,7 +175,7 @@ class StreamObjective(Objective):
         """Keyword regions found at their peak and background frames right count as right."""
         import torch
 
-        from kws_ghost.losses import stream_loss
+        from kws_ghost.losses import distillation_loss, stream_loss
 
         config = self.config
         audio, targets, regions, failed = batch
@@ -201,8 +201,6 @@ class StreamObjective(Objective):
             config.sequence.negative_peak,
         )
         if trainer.teacher is not None:
-            from kws_ghost.losses import distillation_loss
-
             with torch.no_grad():
                 teacher_logits, teacher_state = trainer.teacher(
                     features, carried(self.teacher_state, keep)
