@@ -9,8 +9,9 @@ that was interrupted from its last epoch), then prints the table so far.
 PLAN.json: ``{"name": "front-1", "seeds": [0, 1, 2], "jobs": 1,
 "configs": {"ghost-gru": [], "gru H93": ["--model", "gru", "--hidden", "93"]},
 "seeds_of": {"gru H93": [0]}, "folds": 7}``: flags of `kws-ghost train`; ``seeds_of``
-(optional) gives some configs other seeds; a flag may name ``{seed}`` and ``{runs}`` (the
-``--runs`` folder), so a config can start from another plan's run (``--init``); with ``folds``
+(optional) gives some configs other seeds; a flag may name ``{seed}`` (or ``{seed-7}``) and
+``{runs}`` (the ``--runs`` folder), so a config can start or learn from another plan's run
+(``--init``, ``--teacher``); with ``folds``
 (optional) seed s trains and is scored on speaker fold s mod ``folds`` of ``--data``
 (``benchmarks/folds.py``), so a config's seeds test different speakers and their mean stands for
 more of them than one test split does.
@@ -28,6 +29,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -177,6 +179,14 @@ def test_detection(run: Path, data: Path, seed: int) -> dict:
     }
 
 
+def expand(flag: str, seed: int, runs: Path) -> str:
+    """``flag`` with ``{runs}`` (the study's runs folder) and ``{seed}`` (or ``{seed-7}``, an
+    offset seed: another plan's run of the same fold) filled in, so a config can start from, or
+    learn from, another plan's run."""
+    flag = flag.replace("{runs}", str(runs))
+    return re.sub(r"\{seed([+-]\d+)?\}", lambda m: str(seed + int(m.group(1) or 0)), flag)
+
+
 def run_one(plan: dict, config: str, seed: int, data: Path, runs: Path, results: Path) -> dict:
     fold, data = fold_data(plan, seed, data, runs)
     if is_reference(plan, config):
@@ -184,11 +194,7 @@ def run_one(plan: dict, config: str, seed: int, data: Path, runs: Path, results:
         append(results, record)
         return record
     started = time.perf_counter()
-    # {seed} and {runs} (the study's runs folder) let a config start from another plan's run
-    flags = [
-        flag.replace("{seed}", str(seed)).replace("{runs}", str(runs.parent))
-        for flag in plan["configs"][config]
-    ]
+    flags = [expand(flag, seed, runs.parent) for flag in plan["configs"][config]]
     base = train_and_eval(config, flags, seed, data, runs, evaluate=False)
     out = runs / run_name(config, seed)
     test = score(out, data, "testing")

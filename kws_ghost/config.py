@@ -54,10 +54,13 @@ def setting(
     choices: Optional[tuple[str, ...]] = None,
     option: Optional[str] = None,
     factory: Any = dataclasses.MISSING,
+    multiple: bool = False,
 ) -> Any:
     """A config field with what its command-line option needs (``kws_ghost.cli.options``):
-    help text, allowed values, and the option name where it is not ``--field-name``."""
-    metadata = {"help": help, "choices": choices, "option": option}
+    help text, allowed values, the option name where it is not ``--field-name``, and for a list
+    whether its option is given once per item (``multiple``, for paths that may hold commas)
+    rather than comma-separated."""
+    metadata = {"help": help, "choices": choices, "option": option, "multiple": multiple}
     if factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -414,11 +417,13 @@ class TrainConfig:
         "Exponential moving average of the weights per step (e.g. 0.999; 0: off): validation and "
         "checkpoints use the average.",
     )
-    teacher: str = setting(
-        "",
-        "Distil from this stream model file (same labels and front-end, any width or cell): "
+    teacher: list[str] = setting(
+        help="Distil from this stream model file (same labels and front-end, any width or cell): "
         "the stream loss mixes in each frame's divergence from the teacher's posteriors; the "
-        "clip stage trains without it.",
+        "clip stage trains without it. Given again, the teacher is the mean of the models' "
+        "logits (an ensemble).",
+        factory=list,
+        multiple=True,
     )
     teacher_weight: float = setting(
         0.5, "Share of the distillation term in the stream loss (with --teacher)."
@@ -443,7 +448,7 @@ class TrainConfig:
             warm_start="none",
             epochs=self.warm_start_epochs,
             warm_start_epochs=None,
-            teacher="",  # a stream model's posteriors teach frames, not 1 s clips
+            teacher=[],  # a stream model's posteriors teach frames, not 1 s clips
         )
 
     def validate(self) -> None:
@@ -455,6 +460,8 @@ class TrainConfig:
         _choice("warm start", self.warm_start, WARM_STARTS)
         if not 0 <= self.teacher_weight <= 1 or self.teacher_temperature <= 0:
             raise KwsError("--teacher-weight must be in [0, 1] and --teacher-temperature positive")
+        if isinstance(self.teacher, str):  # a checkpoint from before ensembles: one path or ""
+            self.teacher = [self.teacher] if self.teacher else []
         if self.teacher and self.objective != "stream":
             raise KwsError("--teacher distils a stream model: it goes with --objective stream")
         if self.warm_start_epochs is not None and self.warm_start_epochs < 1:

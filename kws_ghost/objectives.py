@@ -124,7 +124,7 @@ class StreamObjective(Objective):
     def __init__(self, config: TrainConfig, labels: list[str]) -> None:
         super().__init__(config, labels)
         self.state: Any = None  # each sequence row's recurrent state, carried across batches
-        self.teacher_state: Any = None  # the teacher's, carried and reset alike
+        self.teacher_states: Any = None  # each teacher's, carried and reset alike
 
     @staticmethod
     def check(model_config: ModelConfig) -> None:
@@ -169,7 +169,7 @@ class StreamObjective(Objective):
         return None
 
     def start_epoch(self) -> None:
-        self.state = self.teacher_state = None
+        self.state = self.teacher_states = None
 
     def step(self, trainer: Any, batch: Any, generator: Any) -> tuple[Any, int, int]:
         """Keyword regions found at their peak and background frames right count as right."""
@@ -200,12 +200,16 @@ class StreamObjective(Objective):
             region_mean,
             config.sequence.negative_peak,
         )
-        if trainer.teacher is not None:
+        if trainer.teachers:
+            states = self.teacher_states or [None] * len(trainer.teachers)
             with torch.no_grad():
-                teacher_logits, teacher_state = trainer.teacher(
-                    features, carried(self.teacher_state, keep)
-                )
-            self.teacher_state = teacher_state
+                outputs = [
+                    teacher(features, carried(state, keep))
+                    for teacher, state in zip(trainer.teachers, states)
+                ]
+            self.teacher_states = [state for _, state in outputs]
+            # an ensemble teaches the mean of its logits; one teacher, its own logits exactly
+            teacher_logits = torch.stack([logits for logits, _ in outputs]).mean(0)
             weight = config.teacher_weight
             distilled = distillation_loss(logits, teacher_logits, config.teacher_temperature)
             loss = (1 - weight) * loss + weight * distilled

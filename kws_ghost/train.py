@@ -147,12 +147,14 @@ class Trainer:
         else:
             self.model = build_network(model_config, frontend_config, self.data, train_config)
         self.model.to(self.device)
-        self.teacher: Any = None  # the frozen stream model this run distils from
+        self.teachers: list[Any] = []  # the frozen stream models this run distils from
         if train_config.teacher:
             from kws_ghost.build import load_teacher
 
-            teacher = load_teacher(train_config.teacher, frontend_config, self.labels)
-            self.teacher = teacher.to(self.device)
+            self.teachers = [
+                load_teacher(path, frontend_config, self.labels).to(self.device)
+                for path in train_config.teacher
+            ]
         from kws_ghost.features import Frontend
 
         self.frontend = Frontend(frontend_config).to(self.device)
@@ -404,10 +406,8 @@ class Trainer:
 def with_absolute_paths(config: TrainConfig) -> TrainConfig:
     """``config`` with its corpus and model files as absolute paths (where given): eval, analyze
     and a resume find them from anywhere."""
-    data, init, teacher = (
-        str(Path(path).resolve()) if path else ""
-        for path in (config.data, config.init, config.teacher)
-    )
+    data, init = (str(Path(path).resolve()) if path else "" for path in (config.data, config.init))
+    teacher = [str(Path(path).resolve()) for path in config.teacher]
     return dataclasses.replace(config, data=data, init=init, teacher=teacher)
 
 
@@ -447,7 +447,8 @@ def train_run(
     if config.teacher:  # refused now, not after the clip stage
         from kws_ghost.build import load_teacher
 
-        load_teacher(config.teacher, frontend_config, first.labels)
+        for path in config.teacher:
+            load_teacher(path, frontend_config, first.labels)
     first.log(f"stage 1 of 2: the clip objective, in {first.run_dir}")
     first.run()
     return _stream_stage(first, progress, log)

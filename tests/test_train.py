@@ -653,6 +653,15 @@ def test_init_starts_a_run_from_another_models_weights(tiny_corpus, tmp_path):
     assert "none.pt" in missing.stderr.splitlines()[-1]
 
 
+def test_a_checkpoint_from_before_ensembles_names_its_teacher_as_a_list():
+    """Checkpoints saved before --teacher could be given twice hold one path, or "" for none."""
+    from kws_ghost.config import TrainConfig, from_dict
+
+    old = {"objective": "stream", "teacher": "/runs/gru/best.pt"}
+    assert from_dict(TrainConfig, old).teacher == ["/runs/gru/best.pt"]  # validated on load
+    assert from_dict(TrainConfig, {**old, "teacher": ""}).teacher == []
+
+
 @pytest.mark.slow
 def test_teacher_distils_a_stream_model_into_another(tiny_corpus, tmp_path):
     """--teacher: a stream run learns from another stream model's posteriors as well. Weight 0
@@ -666,14 +675,21 @@ def test_teacher_distils_a_stream_model_into_another(tiny_corpus, tmp_path):
         "none": [],
         "zero": ["--teacher", teacher / "best.pt", "--teacher-weight", "0"],
         "half": ["--teacher", teacher / "best.pt"],
+        # an ensemble teaches the mean of its logits: one model twice is that model exactly
+        "twice": ["--teacher", teacher / "best.pt", "--teacher", teacher / "best.pt"],
+        "pair": ["--teacher", teacher / "best.pt", "--teacher", tmp_path / "half" / "best.pt"],
     }.items():
         result = kws("train", "--data", tiny_corpus, *student, *extra, "--out", tmp_path / name)
         assert result.returncode == 0, result.stderr
         runs[name] = load_checkpoint(tmp_path / name / "last.pt").model_state
     assert all(torch.equal(runs["none"][k], runs["zero"][k]) for k in runs["none"])
     assert not all(torch.equal(runs["none"][k], runs["half"][k]) for k in runs["none"])
+    assert all(torch.equal(runs["half"][k], runs["twice"][k]) for k in runs["half"])
+    assert not all(torch.equal(runs["half"][k], runs["pair"][k]) for k in runs["half"])
     config = json.loads((tmp_path / "half" / "config.json").read_text())["train"]
-    assert config["teacher"] == str((teacher / "best.pt").resolve())
+    assert config["teacher"] == [str((teacher / "best.pt").resolve())]
+    pair = json.loads((tmp_path / "pair" / "config.json").read_text())["train"]["teacher"]
+    assert pair == [config["teacher"][0], str((tmp_path / "half" / "best.pt").resolve())]
     # two stages, the teacher named from the run's folder: the clip stage trains without it,
     # and its last.pt keeps the stream stage's teacher as a path a resume finds from anywhere
     two_stages = [*TWO_STAGES, "--model", "gru", "--hidden", "12", "--epochs", "1"]
@@ -683,7 +699,7 @@ def test_teacher_distils_a_stream_model_into_another(tiny_corpus, tmp_path):
     stage = load_checkpoint(tmp_path / "staged" / "clip" / "last.pt").extra["train_state"]
     assert stage["then"]["train"]["teacher"] == config["teacher"]
     clip_config = json.loads((tmp_path / "staged" / "clip" / "config.json").read_text())
-    assert clip_config["train"]["teacher"] == ""
+    assert clip_config["train"]["teacher"] == []
 
     clip = train_one_epoch(tiny_corpus, tmp_path / "clip", "--objective", "clip")
     refused = kws("train", "--data", tiny_corpus, *two_stages, "--teacher", clip / "best.pt",

@@ -63,7 +63,7 @@ def _click_type(kind: Any, field: dataclasses.Field) -> Any:
     if field.metadata.get("choices"):
         return click.Choice(field.metadata["choices"])
     if _is_list(kind):
-        return str  # comma-separated
+        return str  # comma-separated, or one item per option (``multiple``)
     return {int: int, float: float, str: str, bool: bool}.get(_base(kind), str)
 
 
@@ -82,6 +82,7 @@ def config_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable[..., An
                 f"{cls.__name__}__{field.name}",
                 type=_click_type(kind, field),
                 default=None,
+                multiple=bool(field.metadata.get("multiple")),
                 help=field.metadata["help"] + suffix,
             )(func)
         return func
@@ -95,9 +96,11 @@ def config_from(cls: type, options: dict[str, Any], **overrides: Any) -> Any:
     values: dict[str, Any] = {}
     for field, kind in _fields(cls):
         value = options.pop(f"{cls.__name__}__{field.name}", None)
-        if value is None:
+        if value is None or value == ():  # not given (a ``multiple`` option gives ())
             continue
-        if _is_list(kind):
+        if field.metadata.get("multiple"):
+            value = list(value)
+        elif _is_list(kind):
             value = [v.strip() for v in str(value).split(",") if v.strip()]
         values[field.name] = value
     values.update(overrides)
@@ -113,7 +116,7 @@ def given(cls: type, options: dict[str, Any]) -> list[str]:
     return [
         option_name(field)
         for field, _ in _fields(cls)
-        if options.get(f"{cls.__name__}__{field.name}") is not None
+        if options.get(f"{cls.__name__}__{field.name}") not in (None, ())
     ]
 
 
