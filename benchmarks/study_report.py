@@ -162,9 +162,13 @@ def markdown(groups: dict[str, list[dict]]) -> str:
 
 def model_of(record: dict) -> tuple[str, str]:
     """(arch, "arch H s") of a run, from its flags and the defaults it ran with: H128 s2 until
-    front-12 (the default is H112 s1.5 since; plans from front-12 on name their width)."""
+    front-12 (the default is H112 s1.5 since; plans from front-12 on name their width in the
+    flags or in the config's name)."""
     flags = record.get("flags", [])
     value = dict(zip(flags, flags[1:]))
+    named = record.get("config", "").split(",")[0]  # "ghost-gru H112 s1.5, distilled ..."
+    if "--hidden" not in value and named.startswith(("gru H", "ghost-gru H")):
+        return named.split(" ")[0], named  # a screen of the default, its width in its name
     arch, hidden = value.get("--model", "ghost-gru"), value.get("--hidden", "128")
     if not arch.startswith("ghost"):
         return arch, f"{arch} H{hidden}"
@@ -172,8 +176,9 @@ def model_of(record: dict) -> tuple[str, str]:
 
 
 def pareto(groups: dict[str, list[dict]], png: Path) -> None:
-    """Test accuracy and hit rate against MACs per frame, GRU and GhostGRU apart. The hit rate
-    is the test speakers' where every point has it, else the validation speakers'."""
+    """Test accuracy and hit rate against MACs per frame, GRU and GhostGRU apart, distilled runs
+    apart from the rest. The hit rate is the test speakers' where every point has it, else the
+    validation speakers'."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,12 +187,22 @@ def pareto(groups: dict[str, list[dict]], png: Path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     on_test = all(r.get("test_hit_rate") is not None for rs in groups.values() for r in rs)
     hit_key, hit_label = ("test_hit_rate", "test") if on_test else ("hit_rate", "validation")
-    for family, marker in (("gru", "o"), ("ghost", "s")):
+    series = [(family, distilled) for family in ("gru", "ghost") for distilled in (False, True)]
+    for family, distilled in series:
         points = []
         for records in groups.values():
             arch, label = model_of(records[0])
-            if arch.startswith(family) and records[0].get("macs_per_frame"):
-                points.append((summarise(records), label))
+            taught = "--teacher" in records[0].get("flags", [])
+            if arch.startswith(family) and taught == distilled and records[0].get("macs_per_frame"):
+                points.append((summarise(records), label + (", distilled" if taught else "")))
+        if not points:
+            continue
+        # distilled rows are their own series: a second point at the same MACs joined to the
+        # undistilled ones would draw a vertical zig-zag
+        name = {"gru": "GRU", "ghost": "GhostGRU"}[family] + (", distilled" if distilled else "")
+        style = {"marker": "o" if family == "gru" else "s", "linestyle": "--" if distilled else "-"}
+        if distilled:
+            style["markerfacecolor"] = "none"
         points.sort(key=lambda p: p[0]["macs"])
         panels = ((axes[0], "test", "test clip accuracy"),
                   (axes[1], hit_key, f"{hit_label} hit rate @ 10 FA/h"))  # fmt: skip
@@ -195,7 +210,7 @@ def pareto(groups: dict[str, list[dict]], png: Path) -> None:
             x = [p[0]["macs"] / 1000 for p in points]
             y = [p[0][key][0] for p in points]
             err = [0 if math.isnan(p[0][key][1]) else 2 * p[0][key][1] for p in points]
-            axis.errorbar(x, y, yerr=err, marker=marker, capsize=3, label=family.upper())
+            axis.errorbar(x, y, yerr=err, capsize=3, label=name, **style)
             for (_, name), xi, yi in zip(points, x, y):
                 axis.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
             axis.set_xlabel("thousand multiply-adds per frame")
