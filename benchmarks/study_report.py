@@ -199,7 +199,7 @@ def pareto(groups: dict[str, list[dict]], png: Path) -> None:
             continue
         # distilled rows are their own series: a second point at the same MACs joined to the
         # undistilled ones would draw a vertical zig-zag
-        name = {"gru": "GRU", "ghost": "GhostGRU"}[family] + (", distilled" if distilled else "")
+        legend = {"gru": "GRU", "ghost": "GhostGRU"}[family] + (", distilled" if distilled else "")
         style = {"marker": "o" if family == "gru" else "s", "linestyle": "--" if distilled else "-"}
         if distilled:
             style["markerfacecolor"] = "none"
@@ -210,7 +210,7 @@ def pareto(groups: dict[str, list[dict]], png: Path) -> None:
             x = [p[0]["macs"] / 1000 for p in points]
             y = [p[0][key][0] for p in points]
             err = [0 if math.isnan(p[0][key][1]) else 2 * p[0][key][1] for p in points]
-            axis.errorbar(x, y, yerr=err, capsize=3, label=name, **style)
+            axis.errorbar(x, y, yerr=err, capsize=3, label=legend, **style)
             for (_, name), xi, yi in zip(points, x, y):
                 axis.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
             axis.set_xlabel("thousand multiply-adds per frame")
