@@ -10,13 +10,12 @@ DEMO := demo
 install: $(STAMP)
 
 # torch is pinned here to the CPU wheel this project develops on; the package itself asks only for
-# a range (setup.cfg), so users elsewhere keep their own (CUDA) build. --no-compile: Python
-# compiles the modules it imports on first use, not all of torch's up front (41 s -> 13 s here).
+# a range (setup.cfg), so users elsewhere keep their own (CUDA) build.
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q --no-compile torch==2.13.0
-	$(BIN)/python -m pip install -q --no-compile -e '.[all,dev]'
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[all,dev]'
 	touch $(STAMP)
 
 # --durations: the slowest tests in every log, so the suite's 15-minute budget is easy to keep
