@@ -67,6 +67,11 @@ def _click_type(kind: Any, field: dataclasses.Field) -> Any:
     return {int: int, float: float, str: str, bool: bool}.get(_base(kind), str)
 
 
+def _given(value: Any) -> bool:
+    """Whether an option's value was given: an option not given is None (``multiple``: ())."""
+    return value is not None and value != ()
+
+
 def config_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable[..., Any]:
     """A decorator adding an option for each documented field of dataclass ``cls``."""
 
@@ -96,7 +101,7 @@ def config_from(cls: type, options: dict[str, Any], **overrides: Any) -> Any:
     values: dict[str, Any] = {}
     for field, kind in _fields(cls):
         value = options.pop(f"{cls.__name__}__{field.name}", None)
-        if value is None or value == ():  # not given (a ``multiple`` option gives ())
+        if not _given(value):
             continue
         if field.metadata.get("multiple"):
             value = list(value)
@@ -116,7 +121,7 @@ def given(cls: type, options: dict[str, Any]) -> list[str]:
     return [
         option_name(field)
         for field, _ in _fields(cls)
-        if options.get(f"{cls.__name__}__{field.name}") not in (None, ())
+        if _given(options.get(f"{cls.__name__}__{field.name}"))
     ]
 
 
