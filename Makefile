@@ -18,9 +18,11 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[all,dev]'
 	touch $(STAMP)
 
-# --durations: the slowest tests in every log, so the suite's 15-minute budget is easy to keep
+# a worker per core (pytest-xdist); --dist loadgroup keeps the tests of the trained model on one
+# worker, so it is trained once (tests/conftest.py). --durations: the slowest tests in every log,
+# so the suite's 15-minute budget is easy to keep
 test: install
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup --durations=15
 
 # the fast tier: no trained model, few subprocesses (under 90 s here); `make test` is everything
 test-fast: install

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -14,12 +15,26 @@ KEYWORDS = ["yes", "no", "up", "down"]
 SLOW_FIXTURES = {"synth_corpus", "trained_run", "exported", "test_recording"}
 
 
-def pytest_collection_modifyitems(config, items) -> None:
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (``make test`` runs a worker per core) each worker keeps to one torch
+    thread: two workers with a thread per core each spin against each other (10x slower)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+@pytest.hookimpl(wrapper=True)  # the markers go on before any plugin (xdist) reads them
+def pytest_collection_modifyitems(config, items):
     """``make test-fast`` (``-m "not slow"``) leaves out every test that needs the trained
-    model; tests that take seconds for other reasons carry ``@pytest.mark.slow`` themselves."""
+    model; tests that take seconds for other reasons carry ``@pytest.mark.slow`` themselves.
+    Under ``--dist loadgroup`` the tests of the session fixtures run on one worker, so the
+    model is trained once, not once per worker."""
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.xdist_group("trained_model"))
+    return (yield)
 
 
 OTHER_WORDS = ["cat", "house"]
