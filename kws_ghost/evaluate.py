@@ -81,7 +81,7 @@ def classification_report(
 
 
 def evaluate_model(
-    model_path: str | os.PathLike[str],
+    model_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     data_dir: Optional[str | os.PathLike[str]] = None,
     split: str = "testing",
     batch_size: int = 256,
@@ -89,7 +89,8 @@ def evaluate_model(
     warn: Optional[Callable[[str], None]] = None,
 ) -> dict[str, Any]:
     """Score a model file (``.pt`` or ``.onnx``) on a split of a corpus (default: the corpus it
-    was trained on, where it still is)."""
+    was trained on, where it still is). Several files score as one ensemble, the mean of their
+    frame logits, on the split built as for the first."""
     from tqdm import tqdm
 
     from kws_ghost.data import (
@@ -99,16 +100,17 @@ def evaluate_model(
         canonical_split,
         scan_corpus,
     )
-    from kws_ghost.runtime import load_model
+    from kws_ghost.runtime import load_models
 
     warn = warn or print_stderr
     split = canonical_split(split)
-    runtime = load_model(model_path)
+    paths = [model_path] if isinstance(model_path, (str, os.PathLike)) else list(model_path)
+    runtime = load_models(paths)
     if data_dir is None:
         data_dir = runtime.corpus()
         if data_dir is None:
             raise KwsError(
-                f"--data is required: {model_path} does not record a corpus that exists here "
+                f"--data is required: {paths[0]} does not record a corpus that exists here "
                 "(give the Speech Commands-layout folder to score it on)"
             )
     fe = runtime.frontend_config
@@ -139,7 +141,8 @@ def evaluate_model(
     report = classification_report(scores.argmax(1), targets, runtime.labels)
     report.update(
         {
-            "model": str(model_path),
+            "model": " + ".join(str(path) for path in paths),
+            "models": [str(path) for path in paths],
             "data": str(data_dir),
             "split": split,
             "params": runtime.params,
@@ -152,11 +155,11 @@ def evaluate_model(
 def format_report(report: dict[str, Any]) -> str:
     """Plain-text summary: headline, per-class table, confusion matrix."""
     labels = report["labels"]
+    names = " + ".join(Path(m).name for m in report.get("models") or [report.get("model", "model")])
     lines = [
-        f"{Path(report.get('model', 'model')).name} on {report.get('split', '?')} split of "
-        f"{report.get('data', '?')}: accuracy {report['accuracy']:.4f} "
-        f"({report['count']} clips), macro F1 {report['macro_f1']:.4f}, "
-        f"{report.get('params', 0):,} parameters",
+        f"{names} on {report.get('split', '?')} split of {report.get('data', '?')}: "
+        f"accuracy {report['accuracy']:.4f} ({report['count']} clips), "
+        f"macro F1 {report['macro_f1']:.4f}, {report.get('params', 0):,} parameters",
         "",
         f"{'class':<12} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}",
     ]

@@ -8,6 +8,9 @@ model (``.onnx``, onnxruntime, no torch), with what every consumer needs.
   recurrent step applied frame after frame with the state carried: the streaming model itself;
 * ``clip_logits(features [N, T, F])``: clip scores from the zero state by the model's pooling.
 
+``load_models(paths)`` loads several as one ``EnsembleRuntime``: the mean of their frame
+logits, what ``train --teacher A --teacher B`` distils from.
+
 The scorers that turn a stream of frames into posteriors with a runtime are
 ``kws_ghost.scorers``. Only numpy is imported at module level.
 """
@@ -259,3 +262,64 @@ def load_model(path: str | os.PathLike[str], threads: int = 1) -> KeywordRuntime
     if str(path).endswith(".onnx"):
         return OnnxRuntime(path, threads)
     return TorchRuntime.from_checkpoint(path)
+
+
+class EnsembleRuntime(KeywordRuntime):
+    """Models of the same labels, front-end and pooling run as one: the mean of their frame
+    logits (an ensemble teacher's logits in ``kws_ghost.objectives``). Its state is the members'
+    states side by side, each flattened per stream: [1, B, sum of layers x size]."""
+
+    def __init__(self, members: list[KeywordRuntime]) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one model")
+        first = members[0]
+        for member in members[1:]:
+            for what, mine, theirs in (
+                ("labels", member.labels, first.labels),
+                ("front-end", member.frontend_config, first.frontend_config),
+                ("pooling", member.model_config.pooling, first.model_config.pooling),
+            ):
+                if mine != theirs:
+                    raise KwsError(
+                        f"{member.path}: {what} not as in {first.path}; the models of an "
+                        "ensemble share labels, front-end and pooling"
+                    )
+        self.members = members
+        self.path = first.path
+        self.labels = first.labels
+        self.frontend_config = first.frontend_config
+        self.model_config = first.model_config
+        self.detection = None  # each member's DET was measured alone
+        self.train_config = first.train_config  # the split is built as for the first model
+        self.params = sum(member.params for member in members)
+        # each member's state shape [L, B, S] at batch 1, to split and restore the joined state
+        self.shapes = [member.initial_state(1).shape for member in members]
+
+    def initial_state(self, batch: int = 1) -> np.ndarray:
+        return self._join([member.initial_state(batch) for member in self.members])
+
+    def run(self, frames: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        outputs = [
+            member.run(frames, part) for member, part in zip(self.members, self._split(state))
+        ]
+        logits = np.mean([logits for logits, _ in outputs], axis=0)
+        return logits.astype(np.float32), self._join([new for _, new in outputs])
+
+    @staticmethod
+    def _join(states: list[np.ndarray]) -> np.ndarray:
+        flat = [s.transpose(1, 0, 2).reshape(s.shape[1], -1) for s in states]
+        return np.concatenate(flat, axis=1)[None]
+
+    def _split(self, state: np.ndarray) -> list[np.ndarray]:
+        batch, parts, start = state.shape[1], [], 0
+        for layers, _, size in self.shapes:
+            flat = state[0, :, start : start + layers * size]
+            parts.append(np.ascontiguousarray(flat.reshape(batch, layers, size).transpose(1, 0, 2)))
+            start += layers * size
+        return parts
+
+
+def load_models(paths: list[str | os.PathLike[str]], threads: int = 1) -> KeywordRuntime:
+    """One model (``load_model``), or several as an ``EnsembleRuntime``."""
+    runtimes = [load_model(path, threads) for path in paths]
+    return runtimes[0] if len(runtimes) == 1 else EnsembleRuntime(runtimes)

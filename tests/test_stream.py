@@ -101,6 +101,40 @@ def load_model_from(model, labels=LABELS):
     return TorchRuntime(model, labels, FE)
 
 
+def test_an_ensemble_runs_the_mean_of_its_models_logits_with_their_states_carried():
+    """EnsembleRuntime (``eval A B``): the mean of its members' frame logits, each member's
+    state carried across pushes inside the joined state, whatever the members' state shapes."""
+    from kws_ghost.errors import KwsError
+    from kws_ghost.runtime import EnsembleRuntime
+
+    members = [
+        load_model_from(random_model("ghost-gru", layers=2, seed=1)),  # state [2, B, 16]
+        load_model_from(random_model("gru", layers=1, seed=2)),  # state [1, B, 32]
+    ]
+    ensemble = EnsembleRuntime(members)
+    frames = np.random.default_rng(0).normal(-20, 5, size=(3, 50, 40)).astype(np.float32)
+    alone = [m.run(frames, m.initial_state(3))[0] for m in members]
+    state, parts = ensemble.initial_state(3), []
+    bounds = [0, 7, 30, 50]  # three pushes of unequal size, the state carried between them
+    for start, end in zip(bounds, bounds[1:]):
+        logits, state = ensemble.run(frames[:, start:end], state)
+        parts.append(logits)
+    assert np.abs(np.concatenate(parts, axis=1) - (alone[0] + alone[1]) / 2).max() < 1e-5
+    assert not np.allclose(alone[0], alone[1])  # so the mean is not either model's logits
+    assert ensemble.params == members[0].params + members[1].params
+    # one model twice is that model: its clip scores exactly
+    twice = EnsembleRuntime([members[0], members[0]])
+    assert np.allclose(twice.clip_logits(frames), members[0].clip_logits(frames), atol=1e-6)
+    other = load_model_from(
+        random_model("gru", layers=1), labels=["_silence_", "_unknown_", "a", "b"]
+    )
+    with pytest.raises(KwsError, match="labels not as in"):
+        EnsembleRuntime([members[0], other])
+    clip = load_model_from(random_model("gru", layers=1, pooling="mean"))
+    with pytest.raises(KwsError, match="pooling not as in"):
+        EnsembleRuntime([members[0], clip])
+
+
 def test_streaming_frontend_gives_the_same_frames_for_any_chunking():
     audio = speechless_audio(3.1)
     whole = compute_features(audio, FE)

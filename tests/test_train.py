@@ -701,7 +701,20 @@ def test_teacher_distils_a_stream_model_into_another(tiny_corpus, tmp_path):
     clip_config = json.loads((tmp_path / "staged" / "clip" / "config.json").read_text())
     assert clip_config["train"]["teacher"] == []
 
+    # `eval A B` scores the pair as the ensemble it distils from, on the first model's split
+    scored = {}
+    for name, models in {"one": ["none"], "pair": ["none", "half"]}.items():
+        paths = [str(tmp_path / m / "best.pt") for m in models]
+        result = CliRunner().invoke(main, ["eval", *paths, "--split", "validation", "--json"])
+        assert result.exit_code == 0, result.output
+        scored[name] = json.loads(result.stdout)
+        assert scored[name]["models"] == paths
+    assert scored["pair"]["count"] == scored["one"]["count"] > 0
+    assert scored["pair"]["params"] == 2 * scored["one"]["params"]
+
     clip = train_one_epoch(tiny_corpus, tmp_path / "clip", "--objective", "clip")
+    mixed = CliRunner().invoke(main, ["eval", str(teacher / "best.pt"), str(clip / "best.pt")])
+    assert mixed.exit_code == 1 and "pooling not as in" in mixed.stderr.splitlines()[-1]
     refused = kws("train", "--data", tiny_corpus, *two_stages, "--teacher", clip / "best.pt",
                   "--out", tmp_path / "refused")  # fmt: skip
     assert refused.returncode == 1 and "Traceback" not in refused.stderr

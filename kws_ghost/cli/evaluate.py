@@ -10,7 +10,9 @@ from kws_ghost.cli.options import json_option, threads_option
 
 
 @click.command()
-@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.argument(
+    "model_paths", metavar="MODEL...", nargs=-1, required=True, type=click.Path(dir_okay=False)
+)
 @click.option(
     "--data", type=click.Path(), help="Corpus folder (default: the one the model was trained on)."
 )
@@ -28,7 +30,7 @@ from kws_ghost.cli.options import json_option, threads_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @json_option
 def evaluate(
-    model_path: str,
+    model_paths: tuple[str, ...],
     data: Optional[str],
     split: str,
     batch_size: int,
@@ -40,6 +42,8 @@ def evaluate(
     """Accuracy, per-class precision/recall/F1 and confusion matrix of MODEL on clips.
 
     MODEL is a checkpoint or an exported .onnx model (run by onnxruntime, without torch).
+    Several MODELs score as one ensemble, the mean of their frame logits (what
+    `train --teacher A --teacher B` distils from); they share labels, front-end and pooling.
     """
     from kws_ghost.evaluate import evaluate_model, format_report, plot_confusion
     from kws_ghost.fileio import check_png_output
@@ -50,7 +54,7 @@ def evaluate(
         check_png_output(plot)
     configure_threads(threads, "batch")
     report = evaluate_model(
-        model_path,
+        model_paths,
         data,
         split,
         batch_size,
