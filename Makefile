@@ -24,9 +24,10 @@ $(STAMP): setup.cfg pyproject.toml
 test: install
 	$(BIN)/python -m pytest -q -n auto --dist loadgroup --durations=15
 
-# the fast tier: no trained model, few subprocesses (under 90 s here); `make test` is everything
+# the fast tier: no trained model, few subprocesses (104 s here with a worker per core, 185 s
+# without); `make test` is everything
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n auto -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .
