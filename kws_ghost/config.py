@@ -264,6 +264,15 @@ class AugmentConfig:
         "_unknown_, as a sliding window sees it before and after the word.",
         option="--fragment-negatives",
     )
+    vtlp: float = setting(
+        0.0,
+        "Vocal tract length perturbation: each training item's mel filters read the spectrum "
+        "warped by a factor drawn from [1 - x, 1 + x], as another speaker's would be (0: off).",
+    )
+
+    def validate(self) -> None:
+        if not 0 <= self.vtlp < 0.5:
+            raise KwsError(f"--vtlp must be in [0, 0.5), not {self.vtlp}")
 
 
 @dataclasses.dataclass
@@ -468,6 +477,7 @@ class TrainConfig:
             raise KwsError("--warm-start-epochs must be at least 1")
         if isinstance(self.augment, dict):
             self.augment = from_dict(AugmentConfig, self.augment, "augment config")
+        self.augment.validate()
         if isinstance(self.sequence, dict):
             self.sequence = from_dict(SequenceConfig, self.sequence, "sequence config")
         self.sequence.validate()

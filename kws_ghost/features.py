@@ -94,20 +94,40 @@ class Frontend(torch.nn.Module):
         power = parts[..., 0] + parts[..., 1]  # [batch, bins, frames]
         return power.transpose(-1, -2).reshape(*lead, frames, bins)
 
-    def log_mel_from_power(self, power: torch.Tensor) -> torch.Tensor:
-        """``[..., frames, bins]`` power -> ``[..., frames, n_mels]`` in dB."""
-        mel = torch.matmul(power, self.mel_basis).clamp_(min=self.config.log_floor)
+    def log_mel_from_power(
+        self, power: torch.Tensor, mel_basis: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[..., frames, bins]`` power -> ``[..., frames, n_mels]`` in dB; ``mel_basis``: other
+        filters than the front-end's, [bins, n_mels] or one per row [rows, bins, n_mels]."""
+        basis = self.mel_basis if mel_basis is None else mel_basis
+        mel = torch.matmul(power, basis).clamp_(min=self.config.log_floor)
         return torch.log10_(mel).mul_(10.0) if not mel.requires_grad else 10.0 * torch.log10(mel)
 
-    def features_from_power(self, power: torch.Tensor) -> torch.Tensor:
+    def warped_mel_bases(self, warp: Any) -> torch.Tensor:
+        """One VTLP-warped filter bank per row, [rows, bins, n_mels], for warp factors [rows]
+        (rounded to 0.01, so a few dozen banks serve a whole training run)."""
+        cfg = self.config
+        factors = [round(float(f), 2) for f in torch.as_tensor(warp).flatten()]
+        banks = {
+            f: torch.tensor(
+                mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax, f).T
+            )
+            for f in set(factors)
+        }
+        return torch.stack([banks[f] for f in factors]).to(self.mel_basis.device)
+
+    def features_from_power(
+        self, power: torch.Tensor, mel_basis: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The configured features from a power spectrogram (lets plots reuse one STFT)."""
-        log_mel = self.log_mel_from_power(power)
+        log_mel = self.log_mel_from_power(power, mel_basis)
         if self.config.kind == "logmel":
             return log_mel
         return torch.matmul(log_mel, self.dct_basis)
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+    def forward(self, audio: torch.Tensor, warp: Any = None) -> torch.Tensor:
         """``[..., samples]`` audio -> ``[..., frames, num_features]`` on this module's device.
+        ``warp``: a VTLP warp factor per row of audio (training only; ``warped_mel_bases``).
 
         On CPU the work goes in pieces of about ``cpu_chunk_frames`` frames (whole clips, or
         stretches of one long recording): the STFT's intermediates then stay in cache, which
@@ -119,14 +139,20 @@ class Frontend(torch.nn.Module):
         frames = cfg.num_frames(length)
         if frames == 0:
             return flat.new_zeros(*lead, 0, cfg.num_features)
+        bases = None if warp is None else self.warped_mel_bases(warp)
+        if bases is not None and len(bases) != rows:
+            raise ValueError(f"{len(bases)} warp factors for {rows} rows of audio")
         chunk = self.cpu_chunk_frames if flat.device.type == "cpu" else rows * frames
         if rows * frames <= chunk:
-            out = self.features_from_power(self.power_spectrogram(flat))
+            out = self.features_from_power(self.power_spectrogram(flat), bases)
         elif frames <= chunk:
             step = max(1, chunk // frames)
             out = torch.cat(
                 [
-                    self.features_from_power(self.power_spectrogram(flat[i : i + step]))
+                    self.features_from_power(
+                        self.power_spectrogram(flat[i : i + step]),
+                        None if bases is None else bases[i : i + step],
+                    )
                     for i in range(0, rows, step)
                 ]
             )
@@ -136,6 +162,7 @@ class Frontend(torch.nn.Module):
                 count = min(chunk, frames - first)
                 start = first * cfg.hop_length
                 stop = start + (count - 1) * cfg.hop_length + cfg.n_fft
-                pieces.append(self.features_from_power(self.power_spectrogram(flat[:, start:stop])))
+                power = self.power_spectrogram(flat[:, start:stop])
+                pieces.append(self.features_from_power(power, bases))
             out = torch.cat(pieces, dim=1)
         return out.reshape(*lead, frames, cfg.num_features)

@@ -41,14 +41,38 @@ def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
     return np.where(mel >= 15.0, log_part, linear)
 
 
-@functools.lru_cache(maxsize=32)
+# VTLP's upper boundary frequency at 16 kHz (Jaitly & Hinton 2013): below it frequencies scale by
+# the warp factor, above it a second linear piece keeps the Nyquist frequency where it is.
+VTLP_BOUNDARY_HZ = 4800.0
+
+
+def vtlp_frequencies(hz: np.ndarray, factor: float, nyquist: float) -> np.ndarray:
+    """Frequencies warped as a vocal tract ``factor`` times shorter would put them (VTLP):
+    ``factor * f`` up to a boundary, then linear to ``nyquist``, which stays fixed."""
+    hz = np.asarray(hz, dtype=np.float64)
+    boundary = VTLP_BOUNDARY_HZ * min(factor, 1.0) / factor
+    upper = nyquist - (nyquist - factor * boundary) / (nyquist - boundary) * (nyquist - hz)
+    return np.where(hz <= boundary, factor * hz, upper)
+
+
+@functools.lru_cache(maxsize=64)
 def mel_filterbank(
-    sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None
+    sample_rate: int,
+    n_fft: int,
+    n_mels: int,
+    fmin: float,
+    fmax: float | None,
+    warp: float = 1.0,
 ) -> np.ndarray:
     """Slaney-normalised triangular mel filters [n_mels, n_fft // 2 + 1] float32, equal to
-    ``librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax, htk=False, norm="slaney")`` (tested)."""
+    ``librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax, htk=False, norm="slaney")`` (tested).
+    ``warp`` other than 1: the filters read the spectrum at VTLP-warped frequencies
+    (``vtlp_frequencies``), as a speaker with a vocal tract ``warp`` times shorter would fill
+    them; training draws it per sequence (``--vtlp``)."""
     fmax = sample_rate / 2.0 if fmax is None else fmax
     bins = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
+    if warp != 1.0:
+        bins = vtlp_frequencies(bins, warp, sample_rate / 2.0)
     edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
     widths = np.diff(edges)
     ramps = edges[:, None] - bins[None, :]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Optional
 
-from kws_ghost.config import FrontendConfig, ModelConfig, TrainConfig
+from kws_ghost.config import AugmentConfig, FrontendConfig, ModelConfig, TrainConfig
 from kws_ghost.data import (
     SILENCE,
     UNKNOWN,
@@ -184,9 +184,7 @@ class StreamObjective(Objective):
         seconds = max(1, round(config.sequence.seconds))
         masks = dataclasses.replace(config.augment, time_masks=config.augment.time_masks * seconds)
         with torch.no_grad():
-            features = spec_augment(
-                trainer.frontend(audio), masks, trainer.model.feature_mean, generator
-            )
+            features = training_features(trainer, audio, masks, generator)
         keep = self._kept_rows(len(audio), generator)
         logits, state = trainer.ddp_model(features, carried(self.state, keep))
         self.state = state.detach()
@@ -264,14 +262,24 @@ class ClipObjective(Objective):
         audio, target = audio.to(trainer.device), target.to(trainer.device)
         model = trainer.model
         with torch.no_grad():
-            features = spec_augment(
-                trainer.frontend(audio), self.config.augment, model.feature_mean, generator
-            )
+            features = training_features(trainer, audio, self.config.augment, generator)
         logits, _ = trainer.ddp_model(features)
         loss, predicted = clip_loss(
             logits, target, model.config.pooling, self.config.label_smoothing
         )
         return loss, int((predicted == target).sum()), int((target != IGNORE).sum())
+
+
+def training_features(trainer: Any, audio: Any, augment: AugmentConfig, generator: Any) -> Any:
+    """A training batch's features: each row's mel filters VTLP-warped where ``augment.vtlp``
+    asks (no random draws otherwise, so runs without it replay), then SpecAugment's masks."""
+    import torch
+
+    warp = None
+    if augment.vtlp:
+        warp = 1 + augment.vtlp * (2 * torch.rand(len(audio), generator=generator) - 1)
+    features = trainer.frontend(audio, warp)
+    return spec_augment(features, augment, trainer.model.feature_mean, generator)
 
 
 def carried(state: Any, keep: Any) -> Any:

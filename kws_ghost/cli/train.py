@@ -110,7 +110,7 @@ def train(
         augment = config_from(AugmentConfig, options)
         sequence = config_from(SequenceConfig, options)
         if no_augment:  # every augmentation off; distractor words are data, and stay
-            augment = AugmentConfig(0, 0, 0, 0, 0, 0, 0, 0)
+            augment = AugmentConfig(0, 0, 0, 0, 0, 0, 0, 0, 0)
             sequence = dataclasses.replace(
                 sequence, trim_prob=0.0, gain_db=0.0, noise_prob=0.0, reverb_prob=0.0
             )
