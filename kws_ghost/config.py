@@ -485,3 +485,16 @@ class TrainConfig:
             raise KwsError(
                 f"target false alarms per hour must be positive: {self.target_fa_per_hour}"
             )
+
+
+def stored_train_config(stored: dict[str, Any], what: str) -> TrainConfig:
+    """A checkpoint's stored train config, with what runs of earlier versions did where they
+    did not write it down (their defaults differed from today's)."""
+    if not isinstance(stored, dict):
+        raise KwsError(f"{what}: expected a mapping, got {type(stored).__name__}")
+    earlier = {"objective": "clip", "warm_start": "none"}  # runs trained clips, from scratch
+    stored = {**earlier, **stored}
+    augment = stored.get("augment")
+    if isinstance(augment, dict):  # ... and without VTLP
+        stored["augment"] = {"vtlp": 0.0, **augment}
+    return from_dict(TrainConfig, stored, what)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from kws_ghost.config import ModelConfig, TrainConfig, from_dict, to_dict
+from kws_ghost.config import ModelConfig, TrainConfig, stored_train_config, to_dict
 from kws_ghost.errors import KwsError, print_stderr
 from kws_ghost.fileio import atomic_open, owned_by, write_json, write_marker
 
@@ -187,11 +187,7 @@ def load_resumable(
     stored = checkpoint.extra.get("train_config")
     if not isinstance(stored, dict) or not isinstance(checkpoint.extra.get("train_state"), dict):
         raise KwsError(f"{last}: holds no training state to resume from")
-    if "objective" not in stored:  # runs of earlier versions trained on clips
-        stored = {**stored, "objective": "clip"}
-    if "warm_start" not in stored:  # ... and started from random weights
-        stored = {**stored, "warm_start": "none"}
-    config = from_dict(TrainConfig, stored, f"{last}: train config")
+    config = stored_train_config(stored, f"{last}: train config")
     if data is not None:
         if Path(data).resolve() != Path(config.data).resolve():
             (log or print_stderr)(f"note: resuming on {data} (the run started on {config.data})")

@@ -25,6 +25,7 @@ from kws_ghost.config import (
     TrainConfig,
     budget_epochs,
     from_dict,
+    stored_train_config,
     to_dict,
 )
 from kws_ghost.data import EpochSampler, UnreadableClips, count_labels
@@ -245,7 +246,7 @@ class Trainer:
         if state.get("then"):
             then = state["then"]
             self.then = (
-                from_dict(TrainConfig, then["train"], "stream stage's train config"),
+                stored_train_config(then["train"], "stream stage's train config"),
                 from_dict(ModelConfig, then["model"], "stream stage's model config"),
             )
         self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}")

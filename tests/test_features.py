@@ -20,6 +20,7 @@ from kws_ghost.frontend import (
     dct_matrix,
     librosa_features,
     mel_filterbank,
+    vtlp_frequencies,
 )
 
 RATE = 16000
@@ -123,6 +124,57 @@ def test_batched_equals_per_clip_and_chunking_is_invisible():
     torch.testing.assert_close(frontend(batch), out, rtol=0, atol=1e-4)
     frontend.cpu_chunk_frames = 20
     torch.testing.assert_close(frontend(batch), out, rtol=0, atol=1e-4)
+
+
+def test_vtlp_warps_frequencies_below_the_boundary_and_keeps_nyquist():
+    hz = np.linspace(0, RATE / 2, 257)
+    for factor in (0.9, 0.95, 1.05, 1.1):
+        warped = vtlp_frequencies(hz, factor, RATE / 2)
+        assert warped[0] == 0 and warped[-1] == pytest.approx(RATE / 2)
+        assert np.all(np.diff(warped) > 0)  # continuous and order-keeping: no folded bands
+        assert vtlp_frequencies(np.array([1000.0]), factor, RATE / 2)[0] == pytest.approx(
+            1000 * factor
+        )
+    unwarped = mel_filterbank(RATE, 512, 40, 20.0, None)
+    assert np.array_equal(mel_filterbank(RATE, 512, 40, 20.0, None, 1.0), unwarped)
+    assert not np.allclose(mel_filterbank(RATE, 512, 40, 20.0, None, 1.1), unwarped)
+
+
+@pytest.mark.parametrize("factor, moves", [(1.1, 1), (0.9, -1)])
+def test_a_vtlp_factor_moves_a_tone_across_the_mel_bands(factor, moves):
+    """A factor over 1 plays a shorter vocal tract: a 2 kHz tone lands in higher mel bands."""
+    tone = torch.from_numpy(np.sin(2 * np.pi * 2000 * np.arange(RATE) / RATE).astype(np.float32))
+    frontend = Frontend(FrontendConfig(kind="logmel"))
+    band = int(frontend(tone).mean(0).argmax())
+    warped = int(frontend(tone[None], torch.tensor([factor]))[0].mean(0).argmax())
+    assert np.sign(warped - band) == moves
+
+
+def test_each_row_gets_its_own_warp_in_every_chunking():
+    clips = torch.from_numpy(np.stack([speechlike(1.0, seed) for seed in range(6)]))
+    frontend = Frontend(FrontendConfig())
+    torch.testing.assert_close(frontend(clips, torch.ones(6)), frontend(clips), rtol=0, atol=0)
+    factors = torch.tensor([0.9, 0.93, 1.0, 1.04, 1.1, 0.9])
+    out = frontend(clips, factors)
+    for row in range(6):
+        alone = frontend(clips[row : row + 1], factors[row : row + 1])[0]
+        torch.testing.assert_close(out[row], alone, rtol=0, atol=1e-4)
+    assert not torch.allclose(out[0], frontend(clips[0]), atol=0.1)
+    for chunk in (150, 20):  # whole clips per piece, then stretches of one clip
+        frontend.cpu_chunk_frames = chunk
+        torch.testing.assert_close(frontend(clips, factors), out, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="5 warp factors for 6 rows"):
+        frontend(clips, factors[:5])
+
+
+def test_vtlp_out_of_range_is_refused():
+    from kws_ghost.config import AugmentConfig
+    from kws_ghost.errors import KwsError
+
+    AugmentConfig(vtlp=0.2).validate()
+    for bad in (-0.1, 0.5):
+        with pytest.raises(KwsError, match="--vtlp"):
+            AugmentConfig(vtlp=bad).validate()
 
 
 def test_buffers_follow_the_module_and_stay_out_of_state_dict():

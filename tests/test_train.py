@@ -152,11 +152,12 @@ def test_eval_plot_and_text(trained_run, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "objective, ema, norm",
-    [("stream", 0.0, "stats"), ("clip", 0.0, "stats"), ("stream", 0.9, "batch")],
+    "objective, ema, norm, vtlp",
+    [("stream", 0.0, "stats", 0.0), ("clip", 0.0, "stats", 0.1), ("stream", 0.9, "batch", 0.1)],
 )
-def test_resume_continues_exactly(tiny_corpus, tmp_path, objective, ema, norm):
-    from kws_ghost.config import FrontendConfig, ModelConfig, TrainConfig
+def test_resume_continues_exactly(tiny_corpus, tmp_path, objective, ema, norm, vtlp):
+    """Also with VTLP, whose warp factors come from the run's generator."""
+    from kws_ghost.config import AugmentConfig, FrontendConfig, ModelConfig, TrainConfig
     from kws_ghost.train import Trainer
 
     def trainer(out):
@@ -171,6 +172,7 @@ def test_resume_continues_exactly(tiny_corpus, tmp_path, objective, ema, norm):
             val_from=0.0,  # epochs 2 and 4 validated: on both sides of the interruption
             ema_decay=ema,
             warm_start="none",
+            augment=AugmentConfig(vtlp=vtlp),
         )
         pooling = "max" if objective == "stream" else "mean"
         model = ModelConfig(hidden=16, layers=1, pooling=pooling, input_norm=norm)
@@ -660,6 +662,20 @@ def test_a_checkpoint_from_before_ensembles_names_its_teacher_as_a_list():
     old = {"objective": "stream", "teacher": "/runs/gru/best.pt"}
     assert from_dict(TrainConfig, old).teacher == ["/runs/gru/best.pt"]  # validated on load
     assert from_dict(TrainConfig, {**old, "teacher": ""}).teacher == []
+
+
+def test_a_stored_config_gets_what_earlier_versions_did_where_it_is_silent():
+    """Resumes and second stages rebuild the recipe a run trained with, not today's defaults."""
+    from kws_ghost.config import AugmentConfig, TrainConfig, stored_train_config, to_dict
+    from kws_ghost.errors import KwsError
+
+    oldest = stored_train_config({"epochs": 3, "augment": {"time_masks": 1}}, "old")
+    assert (oldest.objective, oldest.warm_start, oldest.augment.vtlp) == ("clip", "none", 0.0)
+    assert oldest.augment.time_masks == 1
+    today = TrainConfig(augment=AugmentConfig(vtlp=0.15))
+    assert stored_train_config(to_dict(today), "new") == today
+    with pytest.raises(KwsError, match="old: expected a mapping"):
+        stored_train_config(["not", "a", "config"], "old")
 
 
 @pytest.mark.slow
