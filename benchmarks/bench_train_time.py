@@ -3,9 +3,10 @@
     python benchmarks/bench_train_time.py --data /tmp/rd/real-dev
 
 Measures, on the default GhostGRU and 3 s training sequences of ``--data``: building a sequence
-(reading clips, laying words over noise: the data worker's share), the front-end's features,
-and one optimiser step (forward, backward, AdamW) at batch 16, 32 and 64, split into the
-recurrent scan's forward and backward and the rest by torch's profiler. Validation's time is in
+(reading clips, laying words over noise: the data worker's share), the front-end's features
+(also with VTLP's warped mel filters, one per sequence), and one optimiser step (forward,
+backward, AdamW) at batch 16, 32 and 64, split into the recurrent scan's forward and backward
+and the rest by torch's profiler. Validation's time is in
 every run's ``metrics.jsonl`` (``val_seconds``). Writes ``benchmarks/results/train_time.json``.
 """
 
@@ -51,8 +52,10 @@ def main() -> None:
     data_ms = (time.perf_counter() - started) / count * 1000
     audio = torch.as_tensor(np.stack([b[0] for b in batch]))
     frontend = Frontend(frontend_config)
+    warp = 1 + config.augment.vtlp * (2 * torch.rand(count) - 1)  # as training draws them
     with torch.no_grad():
         features_ms = best_of(lambda: frontend(audio)) / count * 1000
+        vtlp_ms = best_of(lambda: frontend(audio, warp)) / count * 1000
         features = frontend(audio)
 
     model = build_network(ModelConfig(hidden=128, ratio=2), frontend_config, data, config)
@@ -82,6 +85,7 @@ def main() -> None:
         "sequences_per_epoch": per_epoch,
         "data_ms_per_sequence": round(data_ms, 2),
         "features_ms_per_sequence": round(features_ms, 2),
+        "features_ms_per_sequence_vtlp": round(vtlp_ms, 2),
         "step_ms_per_sequence": {str(k): round(v, 2) for k, v in steps.items()},
         "batch64_step_share": {
             "scan_forward": round(scan_forward / total, 3),
